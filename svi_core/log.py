@@ -1,0 +1,5 @@
+"""The project's one named logger. Library code logs through it and never prints."""
+
+import logging
+
+logger = logging.getLogger("svi")
