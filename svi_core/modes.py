@@ -1,0 +1,346 @@
+"""SVI mode presets: every per-mode value of the official scripts, in one frozen dataclass.
+
+A mode fixes how clip k is conditioned on clip k-1 (carry space, motion frames, padding, mask,
+CLIP-vision frame), how clips are stitched, the sampling settings, the seed rule, the prompt
+stream and the negative prompt. Values were read from the official code:
+``vita-epfl/Stable-Video-Infinity`` (``test_svi.py``, ``scripts/test/*.sh``,
+``diffsynth/pipelines/svi_video.py``) for the Wan2.1 modes and branch ``svi_wan22``
+(``inference.py``, ``inference_svi_2.0_pro.py``, ``wan_video_svi_pro.py``) for Wan2.2.
+
+Use :func:`get_mode` (``get_mode("film", cfg=4.0)``) rather than building one by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import SVIError
+
+CarrySpace = Literal["pixel", "latent"]
+"""``pixel``: the next clip sees the last m DECODED frames (uint8-quantised), re-encoded.
+``latent``: the next clip sees the last k latent frames of the previous denoised latent."""
+
+Padding = Literal["zeros", "reference"]
+"""What fills the conditioning video after the motion frames (pixel carry) or the latent after
+anchor + motion (latent carry, always ``zeros`` = zeros in NORMALISED latent space)."""
+
+Stitch = Literal["drop_tail", "drop_head"]
+"""``drop_tail``: every non-final clip drops its last ``overlap`` frames (the next clip
+regenerates them). ``drop_head``: every clip after the first drops its first ``overlap``
+frames (they re-render the carried frames)."""
+
+PromptPolicy = Literal["first", "cycle", "hold"]
+"""``first``: every clip uses prompts[0]. ``cycle``: prompts[(k // repeat) % len].
+``hold``: prompts[min(k // repeat, len - 1)] (the last prompt is held)."""
+
+ClipCountRule = Literal["fixed", "min_prompts"]
+"""``fixed``: ``default_clips``. ``min_prompts``: ``min(default_clips, len(prompts) * repeat)``
+(the official Wan2.1 script's rule when the prompt stream is used)."""
+
+ResizeRule = Literal["fit_width", "fixed"]
+"""``fit_width``: keep the image size if width <= ``max_width`` else scale to that width, floor
+both to multiples of 16 (Wan2.1 scripts). ``fixed``: stretch to ``width`` x ``height`` (Wan2.2)."""
+
+NEGATIVE_PROMPT_EN = (
+    "bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, "
+    "images, static, overall gray, worst quality, low quality, JPEG compression residue, ugly, "
+    "incomplete, extra fingers, poorly drawn hands, poorly drawn faces, deformed, disfigured, "
+    "misshapen limbs, fused fingers, still picture, messy background, three legs, many people "
+    "in the background, walking backwards"
+)
+"""The English negative prompt of the official Wan2.1 ``test_svi.py`` (every Wan2.1 mode)."""
+
+NEGATIVE_PROMPT_ZH = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，"
+    "最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，"
+    "画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，"
+    "三条腿，背景人很多，倒着走"
+)
+"""The standard Chinese Wan negative prompt of the official ``inference_svi_2.0_pro.py``."""
+
+
+@dataclass(frozen=True)
+class ModeConfig:
+    """One SVI mode. Every field is a setting; presets are in :data:`MODES`.
+
+    Attributes:
+        name: preset name (``shot``, ``film``, ``tom``, ``v2``, ``v2_w22``, ``v2_pro``).
+        model: ``wan2.1`` (one I2V-14B DiT with CLIP vision) or ``wan2.2`` (two A14B experts).
+        lora: the official LoRA file(s) this mode is meant for (informative).
+        carry: ``pixel`` or ``latent`` (see :data:`CarrySpace`).
+        motion_frames: m, decoded frames carried to the next clip (pixel carry); 0 for latent.
+        motion_latents: k, latent frames carried (latent carry); 0 for pixel carry.
+        padding: the conditioning after the motion part (see :data:`Padding`).
+        first_clip_repeat_reference: pixel carry only: clip 0 is conditioned on the reference
+            repeated m times instead of once (official ``--repeat_first_clip``; off by default).
+        mask_frames: latent frames marked given in the mask (1 in every official mode, even
+            when m = 5).
+        clip_vision: whether the DiT takes a CLIP-vision feature (Wan2.1 I2V ``img_emb``);
+            its frame is the first motion frame M[0] (the reference for clip 0).
+        stitch, overlap: stitching rule and frames dropped per clip (``overlap=None`` means the
+            default: m for ``drop_tail``, ``1 + 4k`` for latent carry, 1 for ``v2_w22``).
+        frames: frames per clip F (4k + 1; 81 official).
+        steps, cfg, shift: sampling (official 50 steps, shift 5, CFG 5).
+        boundary: two-expert switch on the 0..1 sigma scale (0.875 for Wan2.2 A14B I2V);
+            None for one model.
+        seed_base, seed_stride: clip k uses ``seed_base + k * seed_stride``.
+        prompt_policy, prompt_repeat: the prompt stream (see :data:`PromptPolicy`).
+        clip_count_rule, default_clips: default number of clips (see :data:`ClipCountRule`).
+        negative_prompt: exact official negative prompt.
+        fps: saved video frame rate (official 24 for Wan2.1, 15 for Wan2.2).
+        resize, max_width, width, height: reference-image sizing (see :data:`ResizeRule`).
+    """
+
+    name: str
+    model: Literal["wan2.1", "wan2.2"]
+    lora: str
+    carry: CarrySpace
+    motion_frames: int
+    motion_latents: int
+    padding: Padding
+    clip_vision: bool
+    stitch: Stitch
+    cfg: float
+    prompt_policy: PromptPolicy
+    prompt_repeat: int
+    clip_count_rule: ClipCountRule
+    default_clips: int
+    negative_prompt: str
+    fps: float
+    resize: ResizeRule
+    first_clip_repeat_reference: bool = False
+    mask_frames: int = 1
+    overlap: int | None = None
+    frames: int = 81
+    steps: int = 50
+    shift: float = 5.0
+    boundary: float | None = None
+    seed_base: int = 0
+    seed_stride: int = 42
+    max_width: int = 832
+    width: int = 832
+    height: int = 480
+
+    def __post_init__(self) -> None:
+        problems = _check(self)
+        if problems:
+            raise SVIError(f"mode {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def overlap_frames(self) -> int:
+        """Frames each clip drops when stitched (see ``stitch``)."""
+        if self.overlap is not None:
+            return self.overlap
+        if self.carry == "latent":
+            return 1 + 4 * self.motion_latents
+        return self.motion_frames
+
+    @property
+    def latent_frames(self) -> int:
+        """Latent frames per clip, ``(F - 1) / 4 + 1``."""
+        return (self.frames - 1) // 4 + 1
+
+    def seed_for(self, clip: int) -> int:
+        """The seed of clip ``clip`` (0-based): ``seed_base + clip * seed_stride``."""
+        return self.seed_base + clip * self.seed_stride
+
+    def clip_count(self, num_prompts: int) -> int:
+        """Default number of clips for a prompt list of ``num_prompts`` entries."""
+        if self.clip_count_rule == "fixed" or self.prompt_policy == "first":
+            return self.default_clips
+        return max(1, min(self.default_clips, num_prompts * self.prompt_repeat))
+
+    def video_length(self, num_clips: int) -> int:
+        """Frames of the stitched video for ``num_clips`` clips."""
+        if num_clips <= 0:
+            return 0
+        return self.frames + (num_clips - 1) * (self.frames - self.overlap_frames)
+
+
+def _check(mode: ModeConfig) -> list[str]:
+    p: list[str] = []
+    if mode.frames < 5 or (mode.frames - 1) % 4:
+        p.append(f"frames={mode.frames} must be 4k + 1 and >= 5 (e.g. 81)")
+    if mode.carry == "pixel":
+        if not 1 <= mode.motion_frames < mode.frames:
+            p.append(f"motion_frames={mode.motion_frames} must be in [1, frames - 1]")
+        if mode.motion_latents != 0:
+            p.append("motion_latents must be 0 for pixel carry")
+    elif mode.carry == "latent":
+        if not 1 <= mode.motion_latents <= mode.latent_frames - 1:
+            p.append(
+                f"motion_latents={mode.motion_latents} must be in [1, {mode.latent_frames - 1}]"
+            )
+        if mode.padding != "zeros":
+            p.append("latent carry pads with zeros only")
+        if mode.clip_vision:
+            p.append("latent carry (Wan2.2) has no CLIP-vision input")
+    else:
+        p.append(f"carry={mode.carry!r} must be 'pixel' or 'latent'")
+    if mode.padding not in ("zeros", "reference"):
+        p.append(f"padding={mode.padding!r} must be 'zeros' or 'reference'")
+    if mode.stitch not in ("drop_tail", "drop_head"):
+        p.append(f"stitch={mode.stitch!r} must be 'drop_tail' or 'drop_head'")
+    if mode.prompt_policy not in ("first", "cycle", "hold"):
+        p.append(f"prompt_policy={mode.prompt_policy!r} must be 'first', 'cycle' or 'hold'")
+    if mode.clip_count_rule not in ("fixed", "min_prompts"):
+        p.append(f"clip_count_rule={mode.clip_count_rule!r} must be 'fixed' or 'min_prompts'")
+    if mode.resize not in ("fit_width", "fixed"):
+        p.append(f"resize={mode.resize!r} must be 'fit_width' or 'fixed'")
+    if mode.prompt_repeat < 1:
+        p.append(f"prompt_repeat={mode.prompt_repeat} must be >= 1")
+    if mode.mask_frames < 1:
+        p.append(f"mask_frames={mode.mask_frames} must be >= 1")
+    if mode.steps < 1:
+        p.append(f"steps={mode.steps} must be >= 1")
+    if mode.shift <= 0:
+        p.append(f"shift={mode.shift} must be > 0")
+    if mode.cfg <= 0:
+        p.append(f"cfg={mode.cfg} must be > 0 (1 = no guidance)")
+    if mode.fps <= 0:
+        p.append(f"fps={mode.fps} must be > 0")
+    if mode.default_clips < 1:
+        p.append(f"default_clips={mode.default_clips} must be >= 1")
+    if mode.boundary is not None and not 0.0 < mode.boundary < 1.0:
+        p.append(f"boundary={mode.boundary} must be in (0, 1) or None")
+    if mode.overlap is not None and not 0 <= mode.overlap < mode.frames:
+        p.append(f"overlap={mode.overlap} must be in [0, frames - 1]")
+    if mode.width % 16 or mode.height % 16 or mode.max_width % 16:
+        p.append("width, height and max_width must be multiples of 16")
+    return p
+
+
+_WAN21 = dict(
+    model="wan2.1",
+    carry="pixel",
+    motion_latents=0,
+    clip_vision=True,
+    stitch="drop_tail",
+    cfg=5.0,
+    negative_prompt=NEGATIVE_PROMPT_EN,
+    fps=24.0,
+    resize="fit_width",
+)
+
+MODES: dict[str, ModeConfig] = {
+    "shot": ModeConfig(
+        name="shot",
+        lora="svi-shot.safetensors",
+        motion_frames=1,
+        padding="reference",
+        prompt_policy="first",
+        prompt_repeat=1,
+        clip_count_rule="fixed",
+        default_clips=10,
+        **_WAN21,
+    ),
+    "film": ModeConfig(
+        name="film",
+        lora="svi-film-opt-10212025.safetensors (or svi-film.safetensors)",
+        motion_frames=5,
+        padding="zeros",
+        prompt_policy="cycle",
+        prompt_repeat=1,
+        clip_count_rule="min_prompts",
+        default_clips=10,
+        **_WAN21,
+    ),
+    "tom": ModeConfig(
+        name="tom",
+        lora="svi-tom.safetensors",
+        motion_frames=1,
+        padding="zeros",
+        prompt_policy="cycle",
+        prompt_repeat=1,
+        clip_count_rule="min_prompts",
+        default_clips=10,
+        **_WAN21,
+    ),
+    "v2": ModeConfig(
+        name="v2",
+        lora="SVI_Wan2.1-I2V-14B_lora_v2.0.safetensors",
+        motion_frames=5,
+        padding="reference",
+        prompt_policy="cycle",
+        prompt_repeat=2,
+        clip_count_rule="min_prompts",
+        default_clips=999,
+        **_WAN21,
+    ),
+    "v2_w22": ModeConfig(
+        name="v2_w22",
+        model="wan2.2",
+        lora="SVI 2.0 Wan2.2 high/low-noise LoRAs",
+        carry="pixel",
+        motion_frames=1,
+        motion_latents=0,
+        padding="reference",
+        clip_vision=False,
+        stitch="drop_head",
+        overlap=1,
+        cfg=5.0,
+        boundary=0.875,
+        prompt_policy="hold",
+        prompt_repeat=1,
+        clip_count_rule="fixed",
+        default_clips=10,
+        negative_prompt=NEGATIVE_PROMPT_ZH,
+        fps=15.0,
+        resize="fixed",
+    ),
+    "v2_pro": ModeConfig(
+        name="v2_pro",
+        model="wan2.2",
+        lora="SVI_v2_PRO_Wan2.2-I2V-A14B_HIGH/LOW_lora_rank_128_fp16.safetensors",
+        carry="latent",
+        motion_frames=0,
+        motion_latents=1,
+        padding="zeros",
+        clip_vision=False,
+        stitch="drop_head",
+        cfg=5.0,
+        boundary=0.875,
+        prompt_policy="hold",
+        prompt_repeat=1,
+        clip_count_rule="fixed",
+        default_clips=15,
+        negative_prompt=NEGATIVE_PROMPT_ZH,
+        fps=15.0,
+        resize="fixed",
+    ),
+}
+"""The official presets. Values and where they come from: DESIGN.md §2-§3."""
+
+
+def mode_names() -> list[str]:
+    """Names of the presets, in a stable order."""
+    return list(MODES)
+
+
+def get_mode(name: str | ModeConfig, **overrides: object) -> ModeConfig:
+    """A preset by name with optional field overrides, e.g. ``get_mode("film", cfg=4.0)``.
+
+    Raises:
+        SVIError: unknown mode name or field, or a value that breaks the mode's rules.
+    """
+    if isinstance(name, ModeConfig):
+        base = name
+    else:
+        key = str(name).strip().lower().replace("-", "_")
+        if key not in MODES:
+            raise SVIError(
+                f"unknown SVI mode {name!r}; expected one of {', '.join(MODES)}"
+                " (shot/film/tom/v2 = Wan2.1, v2_w22/v2_pro = Wan2.2 A14B)"
+            )
+        base = MODES[key]
+    fields = {f.name for f in dataclasses.fields(ModeConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise SVIError(
+            f"unknown mode setting(s) {', '.join(unknown)} for mode {base.name!r}; "
+            f"valid settings: {', '.join(sorted(fields - {'name'}))}"
+        )
+    clean = {k: v for k, v in overrides.items() if v is not None or k in ("boundary", "overlap")}
+    return dataclasses.replace(base, **clean) if clean else base

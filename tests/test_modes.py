@@ -1,0 +1,75 @@
+import dataclasses
+
+import pytest
+
+from svi_core.errors import SVIError
+from svi_core.modes import MODES, NEGATIVE_PROMPT_EN, NEGATIVE_PROMPT_ZH, get_mode
+
+
+def test_wan21_presets_match_official_scripts():
+    shot, film, tom, v2 = (get_mode(n) for n in ("shot", "film", "tom", "v2"))
+    assert (shot.motion_frames, shot.padding, shot.prompt_policy) == (1, "reference", "first")
+    assert (film.motion_frames, film.padding, film.prompt_policy) == (5, "zeros", "cycle")
+    assert (tom.motion_frames, tom.padding) == (1, "zeros")
+    assert (v2.motion_frames, v2.padding, v2.prompt_repeat) == (5, "reference", 2)
+    for m in (shot, film, tom, v2):
+        assert m.carry == "pixel" and m.clip_vision and m.stitch == "drop_tail"
+        assert (m.cfg, m.steps, m.shift, m.frames, m.fps) == (5.0, 50, 5.0, 81, 24.0)
+        assert (m.seed_base, m.seed_stride, m.boundary, m.mask_frames) == (0, 42, None, 1)
+        assert m.negative_prompt == NEGATIVE_PROMPT_EN
+        assert m.overlap_frames == m.motion_frames
+
+
+def test_default_clip_counts():
+    assert get_mode("shot").clip_count(7) == 10
+    assert get_mode("film").clip_count(3) == 3
+    assert get_mode("film").clip_count(30) == 10
+    assert get_mode("tom").clip_count(4) == 4
+    assert get_mode("v2").clip_count(6) == 12
+    assert get_mode("v2_pro").clip_count(3) == 15
+
+
+def test_pro_preset():
+    pro = get_mode("v2_pro")
+    assert (pro.carry, pro.motion_latents, pro.padding, pro.clip_vision) == (
+        "latent",
+        1,
+        "zeros",
+        False,
+    )
+    assert (pro.boundary, pro.fps, pro.width, pro.height) == (0.875, 15.0, 832, 480)
+    assert pro.overlap_frames == 5  # 1 + 4k for k = 1
+    assert get_mode("v2_pro", motion_latents=2).overlap_frames == 9
+    assert get_mode("v2_pro", overlap=4).overlap_frames == 4
+    assert pro.negative_prompt == NEGATIVE_PROMPT_ZH
+    assert pro.negative_prompt.startswith("色调艳丽，过曝") and pro.negative_prompt.endswith(
+        "倒着走"
+    )
+    assert pro.video_length(3) == 81 + 2 * 76
+
+
+def test_lengths_and_seeds():
+    film = get_mode("film")
+    assert film.video_length(4) == 4 * 81 - 3 * 5
+    assert [film.seed_for(k) for k in range(3)] == [0, 42, 84]
+    assert get_mode("film", seed_base=7, seed_stride=3).seed_for(2) == 13
+    assert get_mode("v2_w22").video_length(2) == 81 + 80
+
+
+def test_presets_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        MODES["film"].cfg = 1.0  # type: ignore[misc]
+
+
+def test_unknown_name_and_field():
+    with pytest.raises(SVIError, match="unknown SVI mode 'flim'.*film"):
+        get_mode("flim")
+    with pytest.raises(SVIError, match="unknown mode setting.*cfg_scale"):
+        get_mode("film", cfg_scale=3.0)
+
+
+def test_bad_override_is_refused():
+    with pytest.raises(SVIError, match="frames=80 must be 4k"):
+        get_mode("film", frames=80)
+    with pytest.raises(SVIError, match="motion_frames"):
+        get_mode("film", motion_frames=0)

@@ -1,0 +1,52 @@
+import pytest
+
+from svi_core.errors import SVIError
+from svi_core.modes import get_mode
+from svi_core.prompts import PromptStream, load_prompts, parse_prompts
+
+
+def test_list_literal_is_parsed_not_executed(tmp_path):
+    text = '# header\nprompts = [\n  "a cat walks",\n  "the cat sits",  # comment\n]\n'
+    assert parse_prompts(text) == ["a cat walks", "the cat sits"]
+    marker = tmp_path / "pwned"
+    evil = f'prompts = [__import__("pathlib").Path({str(marker)!r}).touch()]'
+    with pytest.raises(SVIError, match="cannot read the prompt list literal"):
+        parse_prompts(evil)
+    assert not marker.exists()
+
+
+def test_line_format_skips_comments_and_blanks(tmp_path):
+    p = tmp_path / "p.txt"
+    p.write_text("# my prompts\n\nfirst one\n  second one  \n#skip\n", encoding="utf-8")
+    assert load_prompts(p) == ["first one", "second one"]
+
+
+def test_empty_and_missing(tmp_path):
+    with pytest.raises(SVIError, match="no prompt found"):
+        parse_prompts("# only a comment\n\n")
+    with pytest.raises(SVIError, match="no prompt found"):
+        parse_prompts("prompts = []")
+    with pytest.raises(SVIError, match="does not exist"):
+        load_prompts(tmp_path / "nope.txt")
+    with pytest.raises(SVIError, match="empty"):
+        PromptStream([], "cycle")
+
+
+def test_stream_per_mode():
+    items = ["a", "b", "c"]
+    film = PromptStream.for_mode(items, get_mode("film"))
+    assert [film[k] for k in range(7)] == ["a", "b", "c", "a", "b", "c", "a"]
+    v2 = PromptStream.for_mode(items, get_mode("v2"))
+    assert [v2[k] for k in range(7)] == ["a", "a", "b", "b", "c", "c", "a"]
+    shot = PromptStream.for_mode(items, get_mode("shot"))
+    assert {shot[k] for k in range(5)} == {"a"}
+    pro = PromptStream.for_mode(items, get_mode("v2_pro"))
+    assert [pro[k] for k in range(5)] == ["a", "b", "c", "c", "c"]
+    pro_cycle = PromptStream.for_mode(items, get_mode("v2_pro", prompt_policy="cycle"))
+    assert [pro_cycle[k] for k in range(5)] == ["a", "b", "c", "a", "b"]
+
+
+def test_stream_is_generic():
+    cond_a, cond_b = object(), object()
+    s = PromptStream([cond_a, cond_b], "cycle")
+    assert s[0] is cond_a and s[3] is cond_b

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from svi_core.errors import Cancelled
+from svi_core.sampler import sample_flow
+from svi_core.schedule import expert_switch_step, flow_schedule
+
+
+def test_exact_velocity_recovers_x0_and_cfg_combines():
+    x0 = torch.randn(1, 16, 2, 3, 3, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(1, 16, 2, 3, 3, generator=torch.Generator().manual_seed(2))
+
+    # the ideal velocity for a straight path: v = noise - x0 everywhere
+    def velocity(x, t, expert, guided):
+        return noise - x0, (noise - x0 + 3.0) if guided else None
+
+    out = sample_flow(velocity, noise, steps=7, cfg=1.0, shift=5.0)
+    assert torch.allclose(out, x0, atol=1e-5)
+    # CFG g: v = vu + g (vc - vu) = (noise - x0) + 3 (1 - g); over sigma 1 -> 0 x moves by -v
+    out = sample_flow(velocity, noise, steps=7, cfg=4.0, shift=5.0)
+    assert torch.allclose(out, x0 + 3.0 * (1 - 4.0) * -1.0, atol=1e-4)
+
+
+def test_two_experts_switch_once_and_guided_flag():
+    seen = []
+
+    def velocity(x, t, expert, guided):
+        seen.append((t, expert, guided))
+        return torch.zeros_like(x), torch.zeros_like(x)
+
+    sample_flow(velocity, torch.zeros(1, 16, 1, 2, 2), steps=50, cfg=5.0, shift=5.0, boundary=0.875)
+    experts = [e for _, e, _ in seen]
+    assert experts == [0] * 21 + [1] * 29
+    assert all(t >= 875 for t, e, _ in seen if e == 0) and all(
+        t < 875 for t, e, _ in seen if e == 1
+    )
+    assert all(g for _, _, g in seen)
+    seen.clear()
+    sample_flow(velocity, torch.zeros(1, 16, 1, 2, 2), steps=4, cfg=1.0, shift=5.0)
+    assert [e for _, e, _ in seen] == [0] * 4 and not any(g for *_, g in seen)
+    assert expert_switch_step(flow_schedule(4, 5.0), None) == 4
+
+
+def test_step_callback_and_cancel():
+    calls = []
+
+    def on_step(done, total):
+        calls.append((done, total))
+        if done == 3:
+            raise Cancelled()
+
+    def velocity(x, t, expert, guided):
+        return x, None
+
+    with pytest.raises(Cancelled):
+        sample_flow(
+            velocity, torch.ones(1, 16, 1, 1, 1), steps=10, cfg=1.0, shift=5.0, on_step=on_step
+        )
+    assert calls == [(1, 10), (2, 10), (3, 10)]
