@@ -1,0 +1,133 @@
+"""Pure-torch translations between ComfyUI's data layouts and ``svi_core``'s.
+
+Nothing here imports ComfyUI, so tier-1 tests cover it without a host.
+
+Layouts:
+- ComfyUI IMAGE: ``[B, H, W, C]`` float32 in [0, 1] (B = frames for video).
+- ``svi_core`` pixels: ``[1, 3, F, H, W]`` float32 in [-1, 1].
+- official I2V mask: ``[1, 4, T, h, w]``, 1 = latent frame given; ComfyUI's ``concat_mask``
+  is its inverse (the Wan model sees ``1 - concat_mask``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+
+import torch
+
+from ..svi_core.errors import SVIError
+from ..svi_core.prompts import parse_prompts
+
+_WEIGHT = ".weight"
+_LIST_ASSIGNMENT = re.compile(r"^[ \t]*prompts[ \t]*=[ \t]*\[", re.MULTILINE)
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+
+
+def image_to_pixels(image: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE ``[B, H, W, C]`` in [0, 1] -> pixels ``[1, 3, B, H, W]`` in [-1, 1].
+
+    Only the first three channels are used (an alpha channel is dropped); a grey image
+    (C = 1) is repeated to RGB.
+    """
+    if image.ndim != 4:
+        raise SVIError(f"expected an IMAGE [B, H, W, C]; got shape {tuple(image.shape)}")
+    if image.shape[-1] == 1:
+        image = image.expand(-1, -1, -1, 3)
+    elif image.shape[-1] < 3:
+        raise SVIError(f"expected an RGB IMAGE with 3 channels; got {image.shape[-1]} channels")
+    rgb = image[..., :3].float()
+    return (rgb * 2.0 - 1.0).permute(3, 0, 1, 2).unsqueeze(0).contiguous()
+
+
+def pixels_to_image(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels ``[1, 3, F, H, W]`` in [-1, 1] -> ComfyUI IMAGE ``[F, H, W, 3]`` in [0, 1]."""
+    if pixels.ndim != 5 or pixels.shape[0] != 1 or pixels.shape[1] != 3:
+        raise SVIError(f"expected pixels [1, 3, F, H, W]; got shape {tuple(pixels.shape)}")
+    return ((pixels[0].float().clamp(-1.0, 1.0) + 1.0) * 0.5).permute(1, 2, 3, 0).contiguous()
+
+
+def frame_to_image(frame: torch.Tensor) -> torch.Tensor:
+    """One frame ``[1, 3, H, W]`` in [-1, 1] -> ComfyUI IMAGE ``[1, H, W, 3]`` in [0, 1]."""
+    if frame.ndim != 4 or frame.shape[1] != 3:
+        raise SVIError(f"expected a frame [1, 3, H, W]; got shape {tuple(frame.shape)}")
+    return ((frame.float().clamp(-1.0, 1.0) + 1.0) * 0.5).permute(0, 2, 3, 1).contiguous()
+
+
+def official_mask_to_comfy(mask: torch.Tensor) -> torch.Tensor:
+    """Official I2V mask (1 = frame given) -> ComfyUI ``concat_mask`` (0 = frame given)."""
+    return 1.0 - mask.float()
+
+
+def sanitise_run_name(name: str) -> str:
+    """A run name that is one safe folder name: letters, digits, ``-``, ``_``, ``.``.
+
+    Other characters (path separators included) become ``_``; leading dots are removed so
+    the name can never be ``.``, ``..`` or hidden. Raises SVIError if nothing is left.
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name).strip()).lstrip(".")[:120]
+    if not cleaned.strip("_"):
+        raise SVIError(
+            f"run name {name!r} has no usable characters; use letters, digits, '-' or '_'"
+        )
+    return cleaned
+
+
+def run_directory(output_root: str, run_name: str, subfolder: str = "svi") -> str:
+    """``<output_root>/<subfolder>/<sanitised run name>``, guaranteed inside ``output_root``."""
+    root = os.path.realpath(output_root)
+    path = os.path.realpath(os.path.join(root, subfolder, sanitise_run_name(run_name)))
+    if os.path.commonpath([root, path]) != root:
+        raise SVIError(f"run name {run_name!r} points outside the output folder {root}")
+    return path
+
+
+def module_shapes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Weight shapes by official module path (``blocks.0.self_attn.q`` -> ``(out, in)``).
+
+    ``state_dict`` keys are the DiT's own (``blocks.0.self_attn.q.weight``); a
+    ``diffusion_model.`` prefix is removed. Only ``.weight`` entries are kept.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key, tensor in state_dict.items():
+        if not key.endswith(_WEIGHT):
+            continue
+        module = key[: -len(_WEIGHT)]
+        if module.startswith("diffusion_model."):
+            module = module[len("diffusion_model.") :]
+        shapes[module] = tuple(tensor.shape)
+    return shapes
+
+
+def first_missing(keys: Iterable[str], available: Iterable[str]) -> str | None:
+    """The first of ``keys`` not in ``available`` (in sorted order), or None."""
+    have = set(available)
+    for key in sorted(keys):
+        if key not in have:
+            return key
+    return None
+
+
+def split_prompt_text(text: str, source: str = "SVI Prompt Stream text") -> list[str]:
+    """Prompts from a text box.
+
+    A ``prompts = [...]`` list literal (or a bare ``[...]``) is read with
+    ``svi_core.prompts.parse_prompts`` (``ast.literal_eval``, never executed). Otherwise ``#``
+    lines are comments and, when the text has blank lines, each blank-line-separated
+    paragraph is one prompt (its lines joined with spaces); without blank lines every
+    non-empty line is one prompt. Raises SVIError when no prompt is left.
+    """
+    stripped = text.strip()
+    if _LIST_ASSIGNMENT.search(text) or (stripped.startswith("[") and stripped.endswith("]")):
+        return parse_prompts(text, source=source)
+    lines = [ln for ln in text.replace("\r\n", "\n").split("\n") if not ln.strip().startswith("#")]
+    body = "\n".join(lines).strip()
+    if _BLANK_LINE.search(body):
+        prompts = [" ".join(p.split()) for p in _BLANK_LINE.split(body)]
+    else:
+        prompts = [ln.strip() for ln in lines]
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise SVIError(f"{source}: no prompt found; write one prompt per paragraph or line")
+    return prompts

@@ -1,0 +1,122 @@
+"""SVI Prompt Stream: one text box of prompts -> the per-clip conditioning of a whole run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from comfy_api.latest import io
+
+from ..svi_core.errors import SVIError
+from ..svi_core.modes import ModeConfig
+from ..svi_core.prompts import PromptStream
+from .convert import split_prompt_text
+
+SVIPrompts = io.Custom("SVI_PROMPTS")
+
+
+def encode_text(clip: Any, text: str) -> list:
+    """CONDITIONING of ``text`` with ComfyUI's CLIP (what CLIP Text Encode does)."""
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+@dataclass
+class EncodedPrompts:
+    """The prompts of a run, each encoded once, and the negative prompt.
+
+    ``texts[i]`` is encoded as ``positives[i]`` (ComfyUI CONDITIONING). ``repeat`` = 0 means
+    the mode's own repeat. ``negative_text`` None means the mode's official negative prompt,
+    encoded on first use with ``clip`` (kept for that) and cached per text.
+    """
+
+    texts: tuple[str, ...]
+    positives: tuple[Any, ...]
+    repeat: int
+    negative_text: str | None
+    clip: Any = field(repr=False)
+    _negatives: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def stream(self, mode: ModeConfig) -> PromptStream:
+        """The per-clip positive CONDITIONING stream under ``mode``'s prompt policy."""
+        repeat = self.repeat or mode.prompt_repeat
+        return PromptStream(list(self.positives), mode.prompt_policy, repeat)
+
+    def text_stream(self, mode: ModeConfig) -> PromptStream:
+        """The same stream over the prompt texts (for logs and the run store)."""
+        return PromptStream(list(self.texts), mode.prompt_policy, self.repeat or mode.prompt_repeat)
+
+    def negative_for(self, mode: ModeConfig) -> tuple[str, Any]:
+        """(text, CONDITIONING) of the negative prompt: the given one, else the mode's."""
+        text = self.negative_text if self.negative_text is not None else mode.negative_prompt
+        if text not in self._negatives:
+            self._negatives[text] = encode_text(self.clip, text)
+        return text, self._negatives[text]
+
+
+class SVIPromptStream(io.ComfyNode):
+    """Encodes every prompt of a run once; the sampler picks clip k's prompt per mode."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SVIPromptStream",
+            display_name="SVI Prompt Stream",
+            category="SVI/conditioning",
+            description=(
+                "One prompt per paragraph (or per line when there are no blank lines), '#' "
+                "lines are comments; a 'prompts = [...]' list also works. Clip k uses prompt "
+                "(k // repeat) mod count on Wan2.1 film/tom/v2, the first prompt on shot, and "
+                "prompt k (last one held) on Wan2.2."
+            ),
+            inputs=[
+                io.Clip.Input("clip", tooltip="The UMT5 text encoder (Load CLIP, type wan)."),
+                io.String.Input(
+                    "prompts",
+                    multiline=True,
+                    default="A person walks through a sunny park, camera following.",
+                    tooltip="The prompts, one per paragraph or line; '#' lines are comments.",
+                ),
+                io.Int.Input(
+                    "repeat",
+                    default=0,
+                    min=0,
+                    max=1000,
+                    tooltip="Clips per prompt; 0 = the mode's own value (2 for v2, else 1).",
+                ),
+                io.String.Input(
+                    "negative_prompt",
+                    multiline=True,
+                    default="",
+                    tooltip="Negative prompt; empty = the mode's official one (English for "
+                    "Wan2.1 modes, the standard Chinese Wan prompt for Wan2.2).",
+                ),
+            ],
+            outputs=[
+                SVIPrompts.Output(
+                    "prompt_stream",
+                    tooltip="Encoded prompts for SVI Infinite Sampler / SVI Clip Conditioning.",
+                )
+            ],
+        )
+
+    @classmethod
+    def execute(cls, clip, prompts: str, repeat: int, negative_prompt: str) -> io.NodeOutput:
+        if clip is None:
+            raise SVIError(
+                "SVI Prompt Stream: the clip input is empty; connect Load CLIP "
+                "(umt5_xxl_fp8_e4m3fn_scaled.safetensors, type wan)."
+            )
+        texts = split_prompt_text(prompts)
+        cache: dict[str, Any] = {}
+        for t in texts:
+            if t not in cache:
+                cache[t] = encode_text(clip, t)
+        negative = negative_prompt.strip() or None
+        encoded = EncodedPrompts(
+            texts=tuple(texts),
+            positives=tuple(cache[t] for t in texts),
+            repeat=int(repeat),
+            negative_text=negative,
+            clip=clip,
+        )
+        return io.NodeOutput(encoded)
