@@ -1,0 +1,191 @@
+"""The standalone :class:`~svi_core.backend.Backend`: Wan models as diffusers modules.
+
+``DiffusersBackend`` takes already constructed modules (so tests can build tiny random ones):
+one ``WanTransformer3DModel`` (Wan2.1) or two experts (Wan2.2 A14B: high-noise, low-noise),
+an ``AutoencoderKLWan``, a text encoder callable (UMT5 or precomputed embeddings) and,
+for Wan2.1 I2V, a CLIP-vision callable. Sampling is :func:`svi_core.sampler.sample_flow`.
+
+Spaces: the loop hands NORMALISED latents; the VAE works in RAW space, converted here with
+:mod:`svi_core.latents`. Text context ``[1, 512, text_dim]``; CLIP feature ``[1, 257, dim]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..backend import ClipRequest, StepCallback
+from ..errors import SVIError
+from ..latents import denormalise, normalise
+from ..log import logger
+from ..sampler import sample_flow
+from .models import vae_decode, vae_encode
+
+TextEncoderFn = Callable[[str], torch.Tensor]
+"""``prompt -> [1, 512, text_dim]`` text context (padded positions zero)."""
+
+ImageEncoderFn = Callable[[torch.Tensor], torch.Tensor]
+"""``frame [1, 3, H, W] in [-1, 1] -> [1, 257, image_dim]`` CLIP-vision feature."""
+
+
+def _has_image_embedder(model: torch.nn.Module) -> bool:
+    emb = getattr(getattr(model, "condition_embedder", None), "image_embedder", None)
+    return emb is not None
+
+
+class DiffusersBackend:
+    """A Backend over diffusers Wan modules.
+
+    Args:
+        transformer: ``WanTransformer3DModel``: the only DiT (Wan2.1) or the high-noise expert.
+        vae: ``AutoencoderKLWan`` (float32 recommended: the conditioning encode is float32).
+        low_noise_transformer: the Wan2.2 low-noise expert (used below the request's boundary).
+        text_encoder: prompt -> context; prompts may also be given as tensors directly.
+        image_encoder: CLIP vision for Wan2.1 I2V DiTs (``img_emb``); None for Wan2.2.
+        device, dtype: where and in which dtype the DiT runs (latents stay float32).
+        batch_cfg: run the conditional and unconditional pass as one batch of 2.
+    """
+
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        vae: torch.nn.Module,
+        *,
+        low_noise_transformer: torch.nn.Module | None = None,
+        text_encoder: TextEncoderFn | None = None,
+        image_encoder: ImageEncoderFn | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        batch_cfg: bool = True,
+    ) -> None:
+        self.experts = [transformer] + ([low_noise_transformer] if low_noise_transformer else [])
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.image_encoder = image_encoder
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.batch_cfg = batch_cfg
+        self.needs_clip_vision = _has_image_embedder(transformer)
+        self._text_cache: dict[str, torch.Tensor] = {}
+        self._warned_one_expert = False
+
+    # ----- Backend protocol ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels ``[1, 3, F, H, W]`` in [-1, 1] -> NORMALISED latent (one causal encode)."""
+        return normalise(vae_encode(self.vae, pixels)).cpu()
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """NORMALISED latent -> pixels ``[1, 3, 4(T-1)+1, 8h, 8w]`` in [-1, 1] (clamped)."""
+        return vae_decode(self.vae, denormalise(latent.float())).cpu()
+
+    @torch.no_grad()
+    def encode_clip_vision(self, image: torch.Tensor) -> Any:
+        """Frame ``[1, 3, H, W]`` in [-1, 1] -> ``[1, 257, image_dim]``; None for Wan2.2 DiTs."""
+        if not self.needs_clip_vision:
+            return None
+        if self.image_encoder is None:
+            raise SVIError(
+                "this DiT is a Wan2.1 I2V model (it has img_emb) and needs a CLIP-vision "
+                "encoder; pass --clip-vision (clip_vision_h.safetensors)"
+            )
+        return self.image_encoder(image).float().cpu()
+
+    @torch.no_grad()
+    def denoise(self, request: ClipRequest, on_step: StepCallback | None = None) -> torch.Tensor:
+        """Sample one clip; returns the denoised NORMALISED latent ``[1, 16, T, h, w]`` float32."""
+        if request.clip_vision is None and self.needs_clip_vision:
+            raise SVIError(
+                "this DiT has an image embedding (Wan2.1 I2V) but the mode gave no CLIP-vision "
+                "feature; use a Wan2.1 mode (shot/film/tom/v2) with this model"
+            )
+        if request.clip_vision is not None and not self.needs_clip_vision:
+            raise SVIError(
+                "the mode uses CLIP vision but this DiT has no image embedding (a Wan2.2 "
+                "expert?); use mode v2_pro or v2_w22 with Wan2.2 models"
+            )
+        if request.boundary is not None and len(self.experts) == 1 and not self._warned_one_expert:
+            logger.warning(
+                "mode switches experts at boundary %.3f but only one DiT was given; it runs "
+                "every step (pass the low-noise expert for Wan2.2 A14B)",
+                request.boundary,
+            )
+            self._warned_one_expert = True
+        dev, dt = self.device, self.dtype
+        y = torch.cat([request.mask.float(), request.cond_latent.float()], dim=1).to(dev, dt)
+        guided = request.cfg != 1.0
+        pos = self._context(request.positive)
+        neg = self._context(request.negative) if guided else None
+        img = None if request.clip_vision is None else request.clip_vision.to(dev, dt)
+
+        def velocity(x: torch.Tensor, t: float, expert: int, use_cfg: bool):
+            model = self.experts[min(expert, len(self.experts) - 1)]
+            xin = torch.cat([x.to(dev, dt), y], dim=1)
+            if use_cfg and self.batch_cfg:
+                out = self._forward(
+                    model,
+                    torch.cat([xin, xin]),
+                    t,
+                    torch.cat([pos, neg]),
+                    None if img is None else torch.cat([img, img]),
+                )
+                vc, vu = out.chunk(2)
+                return vc, vu
+            vc = self._forward(model, xin, t, pos, img)
+            vu = self._forward(model, xin, t, neg, img) if use_cfg else None
+            return vc, vu
+
+        out = sample_flow(
+            velocity,
+            request.noise,
+            steps=request.steps,
+            cfg=request.cfg,
+            shift=request.shift,
+            boundary=request.boundary,
+            on_step=on_step,
+        )
+        return out.float().cpu()
+
+    # ----- helpers ------------------------------------------------------------------------
+
+    def _forward(
+        self,
+        model: torch.nn.Module,
+        x: torch.Tensor,
+        t: float,
+        context: torch.Tensor,
+        image: torch.Tensor | None,
+    ) -> torch.Tensor:
+        ts = torch.full((x.shape[0],), t, dtype=torch.float32, device=self.device)
+        out = model(
+            hidden_states=x,
+            timestep=ts,
+            encoder_hidden_states=context,
+            encoder_hidden_states_image=image,
+            return_dict=False,
+        )[0]
+        return out.float()
+
+    def _context(self, prompt: Any) -> torch.Tensor:
+        if isinstance(prompt, torch.Tensor):
+            ctx = prompt
+        elif isinstance(prompt, str):
+            if prompt not in self._text_cache:
+                if self.text_encoder is None:
+                    raise SVIError(
+                        "prompts are text but no text encoder was given; pass --text-encoder "
+                        "and --tokenizer (or precomputed embeddings)"
+                    )
+                self._text_cache[prompt] = self.text_encoder(prompt).float().cpu()
+            ctx = self._text_cache[prompt]
+        else:
+            raise SVIError(
+                f"unsupported prompt item {type(prompt).__name__}; expected str or tensor"
+            )
+        if ctx.ndim == 2:
+            ctx = ctx.unsqueeze(0)
+        return ctx.to(self.device, self.dtype)
