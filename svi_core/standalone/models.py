@@ -319,6 +319,13 @@ def load_umt5_encoder(
     """
     from transformers import AutoTokenizer, UMT5EncoderModel
 
+    tok_dir = Path(tokenizer_path)
+    if not tok_dir.exists():
+        raise CheckpointError(
+            f"UMT5 tokenizer folder not found: '{tok_dir}'. Expected a local copy of the "
+            "google/umt5-xxl tokenizer (tokenizer.json / spiece.model), e.g. the "
+            "'google/umt5-xxl' folder of the official Wan2.1 download."
+        )
     sd = load_state_dict(path, dtype=dtype)
     require_kind(sd, "umt5", path)
     hf = _umt5_to_hf(sd, path)
@@ -329,13 +336,6 @@ def load_umt5_encoder(
     expected = set(model.state_dict())
     hf = {k: v for k, v in hf.items() if k in expected or not k.endswith("embed_tokens.weight")}
     _load_strict(model, hf, path, "UMT5 encoder (transformers UMT5EncoderModel)")
-    tok_dir = Path(tokenizer_path)
-    if not tok_dir.exists():
-        raise CheckpointError(
-            f"UMT5 tokenizer folder not found: '{tok_dir}'. Expected a local copy of the "
-            "google/umt5-xxl tokenizer (tokenizer.json / spiece.model), e.g. the "
-            "'google/umt5-xxl' folder of the official Wan2.1 download."
-        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
     except (OSError, ValueError) as exc:
