@@ -1,0 +1,326 @@
+"""ERFT training configuration: one frozen dataclass, presets ``shot`` and ``film``, TOML loading.
+
+Every number is a field with the official default (``train_svi.py`` + ``scripts/train/
+svi_{shot,film}.sh`` of vita-epfl/Stable-Video-Infinity; the launch scripts' values win over the
+argparse defaults). Use :func:`preset` or :func:`load_config` rather than building one by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+
+from svi_core.errors import SVIError
+from svi_core.wan_keys import SVI_LORA_TARGETS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+Padding = Literal["random_frame", "zeros"]
+"""Conditioning padding after the motion frames: ``random_frame`` = one frame of the same clip
+drawn uniformly, repeated (shot, official ``--ref_pad_num -1``); ``zeros`` (film, ``0``)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """All ERFT settings. Paths are strings ("" = unset).
+
+    Data: ``dataset`` (a folder; see :mod:`train.data`), ``num_frames`` consecutive frames per
+    sample (4k + 1), cropped to the ``height:width`` aspect (the drawn side uniform in
+    ``[side - side // crop_jitter, side]``) and resized (bilinear) to ``height x width``.
+    ``num_motion_frames`` m: for m > 1 the first m frames are the motion frames with
+    probability ``p_motion``, else frame 0 only. ``augment_draws``: augmented samples encoded
+    into the cache per video (the official trainer draws a fresh one every epoch: 10 epochs ->
+    10 draws). ``context_file``: a safetensors file with ``context`` ``[L, D]`` (and optional
+    ``clip_fea`` ``[257, C]``) used for every sample instead of the text / CLIP encoders.
+
+    ERFT: ``erft_enabled`` False trains a plain LoRA (no banks, no injection). Injection
+    probabilities ``noise_prob``/``latent_prob``/``condition_prob``, ``clean_prob`` (no
+    injection; banks then update with ``clean_bank_update_prob``), ``bank_cells`` timestep
+    cells, ``bank_capacity`` Z per cell, ``bank_dtype``, ``bank_warmup_iters`` (errors are
+    all-gathered across ranks during these first steps), ``y_error_num`` latent frames of
+    condition error, ``error_scale`` (1 officially).
+
+    Run: ``max_steps`` 0 = ``max_epochs`` x samples; checkpoints every ``checkpoint_every``
+    steps (LoRA, optimizer, banks if ``save_banks``, RNG states, step, config hash);
+    ``resume`` = "" / "latest" / a checkpoint folder. ``distributed``: ``ddp`` (torchrun) or
+    ``fsdp`` (untested here). ``export_dtype`` of the exported LoRA file.
+    """
+
+    mode: Literal["shot", "film"] = "shot"
+    # data
+    dataset: str = ""
+    output_dir: str = "runs/svi-train"
+    cache_dir: str = ""
+    num_frames: int = 81
+    height: int = 480
+    width: int = 832
+    crop_jitter: int = 14
+    num_motion_frames: int = 1
+    p_motion: float = 0.9
+    padding: Padding = "random_frame"
+    augment_draws: int = 10
+    default_caption: str = ""
+    context_file: str = ""
+    # models
+    dit_path: str = ""
+    vae_path: str = ""
+    text_encoder_path: str = ""
+    clip_vision_path: str = ""
+    # LoRA
+    lora_rank: int = 128
+    lora_alpha: float = 128.0
+    lora_targets: tuple[str, ...] = SVI_LORA_TARGETS
+    # optimisation
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    max_epochs: int = 10
+    max_steps: int = 0
+    precision: Literal["bf16", "fp32"] = "bf16"
+    gradient_checkpointing: bool = True
+    seed: int = 0
+    # flow schedule
+    train_timesteps: int = 1000
+    shift: float = 5.0
+    # ERFT
+    erft_enabled: bool = True
+    noise_prob: float = 0.01
+    latent_prob: float = 0.9
+    condition_prob: float = 0.9
+    clean_prob: float = 0.2
+    clean_bank_update_prob: float = 0.1
+    bank_cells: int = 50
+    bank_capacity: int = 500
+    bank_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    bank_warmup_iters: int = 50
+    y_error_num: int = 3
+    error_scale: float = 1.0
+    # run
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    save_banks: bool = True
+    resume: str = ""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    log_every: int = 1
+    export_dtype: Literal["bf16", "fp32"] = "bf16"
+    export_name: str = ""
+
+    def __post_init__(self) -> None:
+        problems = _check(self)
+        if problems:
+            raise SVIError("training config: " + "; ".join(problems))
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir)
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else self.out / "cache"
+
+    @property
+    def latent_frames(self) -> int:
+        return (self.num_frames - 1) // 4 + 1
+
+    @property
+    def export_file(self) -> Path:
+        name = self.export_name or f"svi-{self.mode}-{'erft' if self.erft_enabled else 'plain'}"
+        if not name.endswith(".safetensors"):
+            name += ".safetensors"
+        return self.out / name
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lora_targets"] = list(self.lora_targets)
+        return d
+
+    def fingerprint(self) -> str:
+        """Hash of every field that changes what training computes (not paths of outputs, not
+        the run length or checkpoint cadence): a checkpoint only resumes the same fingerprint."""
+        d = {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+RUN_ONLY_FIELDS = frozenset(
+    {
+        "output_dir",
+        "cache_dir",
+        "max_epochs",
+        "max_steps",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "resume",
+        "log_every",
+        "export_dtype",
+        "export_name",
+        "dit_path",
+        "vae_path",
+        "text_encoder_path",
+        "clip_vision_path",
+    }
+)
+"""Fields a resumed run may change (model paths too: the same weights may move)."""
+
+
+def _check(c: TrainConfig) -> list[str]:
+    p: list[str] = []
+    if c.num_frames < 5 or (c.num_frames - 1) % 4:
+        p.append(f"num_frames={c.num_frames} must be 4k + 1 (e.g. 81)")
+    if c.height % 16 or c.width % 16 or c.height <= 0 or c.width <= 0:
+        p.append(f"height={c.height}, width={c.width} must be positive multiples of 16")
+    if not 1 <= c.num_motion_frames < c.num_frames:
+        p.append(f"num_motion_frames={c.num_motion_frames} must be in [1, num_frames)")
+    for name in (
+        "p_motion",
+        "noise_prob",
+        "latent_prob",
+        "condition_prob",
+        "clean_prob",
+        "clean_bank_update_prob",
+    ):
+        v = getattr(c, name)
+        if not 0.0 <= v <= 1.0:
+            p.append(f"{name}={v} must be a probability in [0, 1]")
+    for name in (
+        "crop_jitter",
+        "augment_draws",
+        "lora_rank",
+        "bank_cells",
+        "bank_capacity",
+        "y_error_num",
+        "checkpoint_every",
+        "train_timesteps",
+        "log_every",
+        "max_epochs",
+    ):
+        if getattr(c, name) < 1:
+            p.append(f"{name}={getattr(c, name)} must be >= 1")
+    if c.max_steps < 0:
+        p.append(f"max_steps={c.max_steps} must be >= 0 (0 = max_epochs x samples)")
+    if c.learning_rate <= 0:
+        p.append(f"learning_rate={c.learning_rate} must be > 0")
+    if c.resume not in ("", "latest") and not c.resume.strip():
+        p.append("resume must be '', 'latest' or a checkpoint folder")
+    for name, allowed in _LITERALS.items():
+        if getattr(c, name) not in allowed:
+            p.append(f"{name}={getattr(c, name)!r} must be one of {list(allowed)}")
+    if not c.lora_targets:
+        p.append("lora_targets is empty")
+    return p
+
+
+_HINTS = get_type_hints(TrainConfig)
+_LITERALS = {
+    name: get_args(t) for name, t in _HINTS.items() if getattr(t, "__origin__", None) is Literal
+}
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # scripts/train/svi_shot.sh: --num_motion_frames 1 --ref_pad_num -1 --clean_prob 0.2
+    "shot": {"mode": "shot", "num_motion_frames": 1, "padding": "random_frame", "clean_prob": 0.2},
+    # scripts/train/svi_film.sh: --num_motion_frames 5 --ref_pad_num 0 --clean_prob 0.5
+    "film": {"mode": "film", "num_motion_frames": 5, "padding": "zeros", "clean_prob": 0.5},
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    """The ``shot`` or ``film`` preset with optional field overrides."""
+    if name not in PRESETS:
+        raise SVIError(f"unknown training preset {name!r}; choose one of {sorted(PRESETS)}")
+    values = {**PRESETS[name], **overrides}
+    return TrainConfig(**coerce_fields(values, f"preset {name!r}"))
+
+
+def coerce_fields(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Check names and types of config ``values`` (from TOML or flags); raise a clear error
+    naming an unknown key (with the closest valid name) or a value of the wrong type."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in FIELD_NAMES:
+            close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise SVIError(
+                f"{source}: unknown config key {key!r}.{hint} Valid keys: {', '.join(FIELD_NAMES)}"
+            )
+        out[key] = _coerce(key, value, source)
+    return out
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    hint = _HINTS[key]
+    origin = getattr(hint, "__origin__", None)
+    if origin is Literal:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+    raise SVIError(f"{source}: config key {key!r} expects {hint}, got {value!r}")
+
+
+def load_config(
+    path: str | Path | None = None, preset_name: str | None = None, **overrides: Any
+) -> TrainConfig:
+    """Preset (from ``preset_name``, else the TOML's ``preset`` key, else ``shot``), then the
+    TOML file's keys (top level or a ``[train]`` table), then ``overrides``."""
+    values: dict[str, Any] = {}
+    source = "flags"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise SVIError(f"config file '{p}' does not exist; pass a TOML file")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise SVIError(f"config file '{p}' is not valid TOML: {e}") from e
+        if "train" in data and isinstance(data["train"], dict):
+            extra = [k for k in data if k != "train"]
+            if extra:
+                raise SVIError(f"config file '{p}': keys {extra} outside the [train] table")
+            data = data["train"]
+        source = f"config file '{p}'"
+        file_preset = data.pop("preset", None)
+        preset_name = preset_name or file_preset
+        values.update(coerce_fields(data, source))
+    name = preset_name or "shot"
+    if name not in PRESETS:
+        raise SVIError(f"unknown training preset {name!r}; choose one of {sorted(PRESETS)}")
+    merged = {**PRESETS[name], **values, **coerce_fields(overrides, "flags")}
+    return TrainConfig(**merged)

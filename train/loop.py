@@ -1,0 +1,678 @@
+"""The ERFT training loop, top to bottom: setup, data, model, optimizer, banks, resume, loop,
+checkpoints, export. :func:`train` is the Python API (``train(config) -> exported LoRA path``);
+``python -m train`` / ``svi-train`` wrap it (``torchrun --nproc_per_node N -m train ...`` for DDP).
+
+One step (official ``train_svi.py``), tensors NORMALISED latents ``[1, 16, T, h, w]``:
+draw a timestep (uniform index of the 1000-step shift-5 schedule) and the injections; add
+bank errors (noise: ``E_noi`` of the step's cell; latent: ``E_vid`` of the cell; condition: a
+3-frame window of any stored ``E_vid`` added to the first 3 latent frames of y); predict
+``v_hat`` from ``concat(x_t, y)``; weighted MSE against ``v = n~ - x0``; AdamW step with grad
+clip 1.0; then store the step's one-step errors in the banks (all ranks' errors during the
+first ``bank_warmup_iters`` steps; clean steps only with probability 0.1).
+
+Randomness is derived per (seed, rank, step), so a resumed run repeats an uninterrupted one
+exactly; checkpoints also keep the torch RNG states for anything outside this loop.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from svi_core.errors import SVIError
+from svi_core.log import logger
+
+from .banks import ErrorBanks, gather_errors
+from .cache import (
+    CachedSample,
+    Encoders,
+    FeatureCache,
+    TrainSample,
+    build_cache,
+    load_sample,
+)
+from .config import RUN_ONLY_FIELDS, TrainConfig
+from .data import list_videos
+from .erft import (
+    InjectionDraw,
+    InjectionProbs,
+    TrainingSchedule,
+    add_condition_error,
+    bidirectional_errors,
+    condition_error_window,
+    draw_injections,
+    flow_target,
+    noisy_latent,
+    weighted_mse,
+)
+from .export import diffusers_lora_targets, export_lora, lora_state_dict
+
+CSV_COLUMNS = (
+    "step",
+    "loss",
+    "mse",
+    "t",
+    "weight",
+    "noise_err",
+    "latent_err",
+    "cond_err",
+    "clean",
+    "bank_entries",
+    "grad_norm",
+    "seconds",
+)
+
+
+@dataclass
+class TrainModels:
+    """Models handed to :func:`train` instead of loading them from the config's paths.
+
+    transformer: a diffusers ``WanTransformer3DModel`` (the base DiT, without LoRA).
+    encoders: what fills the cache (unused when the cache is complete); None -> load from paths.
+    """
+
+    transformer: torch.nn.Module | None = None
+    encoders: Encoders | None = None
+
+
+def train(config: TrainConfig, models: TrainModels | None = None) -> Path:
+    """Train a LoRA with ERFT (or plain, ``erft_enabled=False``); returns the exported file."""
+    models = models or TrainModels()
+    # ---- 0. processes ---------------------------------------------------------------------
+    rank, world, device = _setup_distributed()
+    is_main = rank == 0
+    out = config.out
+    ckpt_root = out / "checkpoints"
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    resume_dir = _find_resume(config, ckpt_root)
+    resume_state = _read_resume_state(config, resume_dir, world) if resume_dir else None
+
+    # ---- 1. data: list videos, encode what the cache lacks ----------------------------------
+    items = list_videos(config.dataset, config.default_caption)
+    encoders = models.encoders or (lambda: _load_encoders(config, device))
+    samples, skipped = build_cache(config, items, encoders, rank, world)
+    cache = FeatureCache(config.cache_path)
+    by_video = _group_by_video(samples)
+    videos = sorted(by_video)
+    steps_per_epoch = math.ceil(len(videos) / world)
+    total_steps = config.max_steps or config.max_epochs * steps_per_epoch
+    logger.info(
+        "training %s LoRA (%s): %d videos (%d unreadable skipped), %d steps, world %d",
+        config.mode,
+        "ERFT" if config.erft_enabled else "plain",
+        len(videos),
+        skipped,
+        total_steps,
+        world,
+    )
+
+    # ---- 2. model: base DiT frozen, LoRA (peft) trainable in fp32 ---------------------------
+    base = models.transformer if models.transformer is not None else _load_dit(config)
+    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
+    model = add_lora(base, config).to(device)
+    for p in model.parameters():
+        if not p.requires_grad:
+            p.data = p.data.to(dtype)
+    if config.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
+        model.enable_gradient_checkpointing()
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    runner = _wrap_distributed(model, config, device, world)
+
+    # ---- 3. optimizer -------------------------------------------------------------------------
+    optimizer = torch.optim.AdamW(
+        trainable, lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+
+    # ---- 4. ERFT state ----------------------------------------------------------------------
+    schedule = TrainingSchedule.build(config.train_timesteps, config.shift)
+    banks = ErrorBanks(config.bank_cells, config.bank_capacity, config.shift, config.bank_dtype)
+    probs = InjectionProbs(
+        noise=config.noise_prob,
+        latent=config.latent_prob,
+        condition=config.condition_prob,
+        clean=config.clean_prob,
+    )
+
+    # ---- 5. resume ----------------------------------------------------------------------------
+    start = 0
+    if resume_dir is not None and resume_state is not None:
+        start = _load_checkpoint(resume_dir, resume_state, model, optimizer, banks, rank)
+        logger.info("resumed from '%s' at step %d", resume_dir, start)
+    log = _LossLog(out / "loss.csv", start) if is_main else None
+
+    # ---- 6. the loop --------------------------------------------------------------------------
+    progress = _progress(total_steps, start, is_main)
+    for step in range(start, total_steps):
+        t0 = time.perf_counter()
+        gen, rng = step_rngs(config.seed, rank, step)
+        entry = _pick(by_video, videos, config.seed, step * world + rank)
+        sample = load_sample(cache, entry)
+        loss, mse, info = erft_step(
+            runner, sample, config, schedule, banks, probs, gen, rng, device, dtype, step
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+        optimizer.step()
+        if config.erft_enabled:
+            _update_banks(banks, info, config, rng, step)
+        seconds = time.perf_counter() - t0
+        loss_v = float(loss.detach())
+        if log is not None:
+            log.add(step + 1, loss_v, float(mse), info, len(banks), float(grad_norm), seconds)
+            if (step + 1) % config.log_every == 0:
+                logger.info(
+                    "step %d/%d loss %.5f (mse %.5f, t %.0f) bank %d",
+                    step + 1,
+                    total_steps,
+                    loss_v,
+                    float(mse),
+                    info.t,
+                    len(banks),
+                )
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_v:.4f}")
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == total_steps:
+            save_checkpoint(ckpt_root, step + 1, config, model, optimizer, banks, rank, world)
+            if log is not None:
+                log.flush()
+    if progress is not None:
+        progress.close()
+
+    # ---- 7. export --------------------------------------------------------------------------
+    path = config.export_file
+    state = lora_state_dict(model)
+    if is_main:
+        export_lora(
+            state,
+            path,
+            alpha=config.lora_alpha,
+            dtype=config.export_dtype,
+            metadata={"svi_train_config": json.dumps(config.to_dict())},
+        )
+        if log is not None:
+            log.flush()
+            log.plot(out / "loss.png")
+        logger.info("exported LoRA to '%s'", path)
+    _barrier(world)
+    return path
+
+
+# ============================================================================================
+# one ERFT step
+# ============================================================================================
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a step drew and computed; errors are detached float32 ``[1, 16, T, h, w]``."""
+
+    t: float
+    weight: float
+    draw: InjectionDraw
+    e_noi: torch.Tensor | None
+    e_vid: torch.Tensor | None
+
+
+def erft_step(
+    model: torch.nn.Module,
+    sample: TrainSample,
+    config: TrainConfig,
+    schedule: TrainingSchedule,
+    banks: ErrorBanks,
+    probs: InjectionProbs,
+    gen: torch.Generator,
+    rng: random.Random,
+    device: torch.device,
+    dtype: torch.dtype,
+    step: int,
+) -> tuple[torch.Tensor, torch.Tensor, StepInfo]:
+    """Forward of one (ERFT) step; returns (weighted loss, unweighted MSE, info).
+
+    With ``erft_enabled`` False it is a plain flow-matching LoRA step (no injection).
+    """
+    x0 = sample.latent.to(device, dtype)
+    y = sample.y.to(device, dtype)
+    noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(device, dtype)
+    td = schedule.draw(gen)
+    no = InjectionDraw(noise=False, latent=False, condition=False, clean=True)
+    draw = draw_injections(rng, probs) if config.erft_enabled else no
+    scale = config.error_scale
+    cell = banks.cell(td.t)
+    noise_in, x0_in = noise, x0
+    if draw.noise and banks.has(td.t):
+        noise_in = noise + scale * banks.noise.sample(cell, rng).to(device, dtype).unsqueeze(0)
+    if draw.condition and len(banks) > 0:
+        err = banks.video.sample_any(rng).to(device, dtype).unsqueeze(0)
+        y = add_condition_error(y, scale * condition_error_window(err, config.y_error_num, rng))
+    if draw.latent and banks.has(td.t):
+        x0_in = x0 + scale * banks.video.sample(cell, rng).to(device, dtype).unsqueeze(0)
+    x_t = noisy_latent(x0_in, noise_in, td.s)
+    target = flow_target(x0, noise_in)
+    pred = model(
+        hidden_states=torch.cat([x_t, y], dim=1),
+        timestep=torch.tensor([td.t], dtype=torch.float32, device=device),
+        encoder_hidden_states=sample.context.to(device, dtype),
+        encoder_hidden_states_image=None if sample.clip is None else sample.clip.to(device, dtype),
+        return_dict=False,
+    )[0]
+    loss = weighted_mse(pred, target, td.weight)
+    e_noi = e_vid = None
+    if config.erft_enabled:
+        with torch.no_grad():
+            e_noi, e_vid = bidirectional_errors(pred.detach(), target, td.s)
+    with torch.no_grad():
+        mse = torch.nn.functional.mse_loss(pred.detach().float(), target.float())
+    return loss, mse, StepInfo(td.t, td.weight, draw, e_noi, e_vid)
+
+
+def _update_banks(
+    banks: ErrorBanks, info: StepInfo, config: TrainConfig, rng: random.Random, step: int
+) -> None:
+    """Store the step's errors (all ranks' during warm-up; a clean step only with p 0.1)."""
+    assert info.e_noi is not None and info.e_vid is not None
+    if step < config.bank_warmup_iters:
+        entries = gather_errors(info.e_noi, info.e_vid, info.t)
+    else:
+        entries = [(info.e_noi, info.e_vid, info.t)]
+    if info.draw.clean and rng.random() >= config.clean_bank_update_prob:
+        return
+    for e_noi, e_vid, t in entries:
+        banks.add(e_noi.cpu(), e_vid.cpu(), t)
+
+
+def step_rngs(seed: int, rank: int, step: int) -> tuple[torch.Generator, random.Random]:
+    """The step's torch generator (noise, timestep) and Python RNG (injections, bank draws)."""
+    digest = hashlib.sha256(f"erft|{seed}|{rank}|{step}".encode()).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return gen, random.Random(int.from_bytes(digest[8:16], "little"))
+
+
+def _group_by_video(samples: list[CachedSample]) -> dict[str, list[CachedSample]]:
+    out: dict[str, list[CachedSample]] = {}
+    for s in samples:
+        out.setdefault(s.video, []).append(s)
+    for v in out.values():
+        v.sort(key=lambda s: s.draw)
+    return out
+
+
+def _pick(
+    by_video: dict[str, list[CachedSample]], videos: list[str], seed: int, index: int
+) -> CachedSample:
+    """Sample number ``index`` (over all ranks): epoch e = index // N shuffles the N videos
+    with a seed of (seed, e) and uses each video's augmentation draw e (mod the draws)."""
+    n = len(videos)
+    epoch, pos = divmod(index, n)
+    order = list(videos)
+    random.Random(f"order|{seed}|{epoch}").shuffle(order)
+    draws = by_video[order[pos]]
+    return draws[epoch % len(draws)]
+
+
+# ============================================================================================
+# model
+# ============================================================================================
+
+
+def add_lora(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
+    """Freeze ``model`` and inject peft LoRA (r, alpha, kaiming A / zero B, fp32 parameters) on
+    ``config.lora_targets`` (official names) of every block."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model.requires_grad_(False)
+    num_blocks = len(model.blocks)
+    targets = diffusers_lora_targets(config.lora_targets, num_blocks)
+    lora_config = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        init_lora_weights=True,
+        target_modules=targets,
+    )
+    model = inject_adapter_in_model(lora_config, model)
+    for name, p in model.named_parameters():
+        if ".lora_A." in name or ".lora_B." in name:
+            p.requires_grad_(True)
+            p.data = p.data.to(torch.float32)
+    return model
+
+
+def _wrap_distributed(
+    model: torch.nn.Module, config: TrainConfig, device: torch.device, world: int
+) -> torch.nn.Module:
+    if world == 1:
+        return model
+    if config.distributed == "fsdp":
+        # FSDP2 per block then the root (not exercised by the tests here: CPU-only).
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def _load_dit(config: TrainConfig) -> torch.nn.Module:
+    if not config.dit_path:
+        raise SVIError("no DiT: set `dit_path` to the Wan2.1 I2V DiT (safetensors / folder)")
+    from svi_core.standalone import models as standalone
+
+    return standalone.load_wan_transformer(config.dit_path)
+
+
+def _load_encoders(config: TrainConfig, device: torch.device) -> Encoders:
+    """Load the VAE (+ UMT5, CLIP vision unless ``context_file``) from the config's paths."""
+    from svi_core.standalone import models as standalone
+
+    from .cache import diffusers_vae_encoder, file_fingerprint
+
+    if not config.vae_path:
+        raise SVIError("the training cache needs encoding: set `vae_path` to the Wan2.1 VAE")
+    vae = standalone.load_wan_vae(config.vae_path).to(device)
+    enc_text = enc_clip = None
+    text_id = clip_id = ""
+    if not config.context_file:
+        if not config.text_encoder_path:
+            raise SVIError(
+                "the training cache needs text embeddings: set `text_encoder_path` (UMT5) or "
+                "`context_file`"
+            )
+        text_model = standalone.load_umt5_encoder(config.text_encoder_path)
+        text_id = file_fingerprint(config.text_encoder_path)
+
+        def enc_text(caption: str) -> torch.Tensor:
+            return standalone.encode_text(text_model, caption)[0].float().cpu()
+
+        if config.clip_vision_path:
+            clip_model = standalone.load_clip_vision(config.clip_vision_path)
+            clip_id = file_fingerprint(config.clip_vision_path)
+
+            def enc_clip(frame: torch.Tensor) -> torch.Tensor:
+                return standalone.clip_vision_features(clip_model, frame)[0].float().cpu()
+
+    return Encoders(
+        encode_video=diffusers_vae_encoder(vae),
+        encode_text=enc_text,
+        clip_features=enc_clip,
+        video_id=file_fingerprint(config.vae_path),
+        text_id=text_id,
+        clip_id=clip_id,
+    )
+
+
+# ============================================================================================
+# distributed helpers
+# ============================================================================================
+
+
+def _setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device); initialises torch.distributed under torchrun (nccl on GPUs,
+    gloo on CPU)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), device
+    return 0, 1, device
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+# ============================================================================================
+# checkpoints
+# ============================================================================================
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    config: TrainConfig,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    banks: ErrorBanks,
+    rank: int,
+    world: int,
+) -> Path:
+    """Write ``root/step_XXXXXXX`` atomically (a temporary folder renamed when complete):
+    ``lora.safetensors`` (peft names, fp32), ``optimizer.rank{r}.pt``, ``banks.rank{r}.
+    safetensors`` (if ``save_banks``), ``rng.rank{r}.safetensors``, ``state.json`` (step,
+    config fingerprint and values, world size). ``root/latest`` names the newest."""
+    from safetensors.torch import save_file
+
+    final = root / f"step_{step:07d}"
+    tmp = root / f".tmp_step_{step:07d}"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier(world)
+    if rank == 0:
+        save_file(
+            {k: v.float() for k, v in lora_state_dict(model).items()}, str(tmp / "lora.safetensors")
+        )
+    torch.save(optimizer.state_dict(), tmp / f"optimizer.rank{rank}.pt")
+    if config.save_banks and config.erft_enabled:
+        save_file(banks.state_dict(), str(tmp / f"banks.rank{rank}.safetensors"))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file(rng, str(tmp / f"rng.rank{rank}.safetensors"))
+    _barrier(world)
+    if rank == 0:
+        state = {
+            "step": step,
+            "fingerprint": config.fingerprint(),
+            "config": config.to_dict(),
+            "world_size": world,
+            "banks_saved": bool(config.save_banks and config.erft_enabled),
+        }
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        latest_tmp = root / "latest.tmp"
+        latest_tmp.write_text(final.name)
+        os.replace(latest_tmp, root / "latest")
+        old = sorted(p for p in root.glob("step_*") if p.is_dir())
+        for p in old[: max(0, len(old) - config.keep_checkpoints)]:
+            shutil.rmtree(p, ignore_errors=True)
+        logger.info("checkpoint '%s'", final)
+    _barrier(world)
+    return final
+
+
+def _find_resume(config: TrainConfig, root: Path) -> Path | None:
+    if not config.resume:
+        return None
+    if config.resume == "latest":
+        pointer = root / "latest"
+        if not pointer.is_file():
+            logger.info("resume=latest: no checkpoint in '%s' yet; starting fresh", root)
+            return None
+        return root / pointer.read_text().strip()
+    return Path(config.resume)
+
+
+def _read_resume_state(config: TrainConfig, ckpt: Path, world: int) -> dict:
+    state_file = ckpt / "state.json"
+    if not state_file.is_file():
+        raise SVIError(
+            f"resume checkpoint '{ckpt}' has no state.json; pass a folder written by this "
+            "trainer (output_dir/checkpoints/step_XXXXXXX) or resume='latest'"
+        )
+    state = json.loads(state_file.read_text())
+    if state["fingerprint"] != config.fingerprint():
+        theirs = state.get("config", {})
+        mine = config.to_dict()
+        diff = sorted(
+            k
+            for k in set(mine) | set(theirs)
+            if k not in RUN_ONLY_FIELDS and mine.get(k) != theirs.get(k)
+        )
+        shown = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs now {mine.get(k)!r}" for k in diff)
+        raise SVIError(
+            f"resume checkpoint '{ckpt}' was written by another training config ({shown}). "
+            "Resume with the same settings, or start a new output_dir."
+        )
+    if state["world_size"] != world:
+        raise SVIError(
+            f"resume checkpoint '{ckpt}' was written by {state['world_size']} process(es); this "
+            f"run has {world}. Error banks and optimizer state are per process: resume with "
+            f"--nproc_per_node {state['world_size']}."
+        )
+    return state
+
+
+def _load_checkpoint(
+    ckpt: Path,
+    state: dict,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    banks: ErrorBanks,
+    rank: int,
+) -> int:
+    from safetensors.torch import load_file
+
+    lora = load_file(str(ckpt / "lora.safetensors"))
+    params = dict(_unwrap(model).named_parameters())
+    missing = sorted(set(lora_state_dict(_unwrap(model))) - set(lora))
+    extra = sorted(set(lora) - set(params))
+    if missing or extra:
+        raise SVIError(
+            f"resume checkpoint '{ckpt}': LoRA parameters do not match the model (missing "
+            f"{missing[:3]}, unexpected {extra[:3]})"
+        )
+    with torch.no_grad():
+        for name, value in lora.items():
+            params[name].copy_(value.to(params[name].dtype))
+    opt_state = torch.load(ckpt / f"optimizer.rank{rank}.pt", weights_only=True)
+    optimizer.load_state_dict(opt_state)
+    bank_file = ckpt / f"banks.rank{rank}.safetensors"
+    if state.get("banks_saved") and bank_file.is_file():
+        banks.load_state_dict(load_file(str(bank_file)))
+    elif state.get("config", {}).get("erft_enabled", True):
+        logger.warning("checkpoint '%s' has no error banks; they refill from empty", ckpt)
+    rng = load_file(str(ckpt / f"rng.rank{rank}.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    return int(state["step"])
+
+
+# ============================================================================================
+# logging
+# ============================================================================================
+
+
+class _LossLog:
+    """Rank-0 CSV of per-step values (``loss.csv``), kept across resumes, and its PNG plot."""
+
+    def __init__(self, path: Path, start: int):
+        self.path = path
+        self.rows: list[list[str]] = []
+        if start > 0 and path.is_file():
+            with path.open(newline="") as f:
+                reader = csv.reader(f)
+                next(reader, None)
+                self.rows = [r for r in reader if r and int(r[0]) <= start]
+        self.flush()
+
+    def add(
+        self,
+        step: int,
+        loss: float,
+        mse: float,
+        info: StepInfo,
+        bank: int,
+        grad_norm: float,
+        seconds: float,
+    ) -> None:
+        d = info.draw
+        self.rows.append(
+            [
+                str(step),
+                f"{loss:.6g}",
+                f"{mse:.6g}",
+                f"{info.t:.3f}",
+                f"{info.weight:.5f}",
+                str(int(d.noise)),
+                str(int(d.latent)),
+                str(int(d.condition)),
+                str(int(d.clean)),
+                str(bank),
+                f"{grad_norm:.5g}",
+                f"{seconds:.4f}",
+            ]
+        )
+
+    def flush(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(CSV_COLUMNS)
+            w.writerows(self.rows)
+        os.replace(tmp, self.path)
+
+    def plot(self, path: Path) -> None:
+        if not self.rows:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [int(r[0]) for r in self.rows]
+        mse = [float(r[2]) for r in self.rows]
+        k = max(1, len(mse) // 50)
+        smooth = [
+            sum(mse[max(0, i - k + 1) : i + 1]) / len(mse[max(0, i - k + 1) : i + 1])
+            for i in range(len(mse))
+        ]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot(steps, mse, alpha=0.3, label="MSE per step")
+        ax.plot(steps, smooth, label=f"running mean ({k})")
+        ax.set_xlabel("step")
+        ax.set_ylabel("flow-matching MSE")
+        ax.set_yscale("log")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+
+def _progress(total: int, start: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="ERFT", unit="step", dynamic_ncols=True)
