@@ -25,7 +25,7 @@ import json
 import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,12 +116,12 @@ def load_state_dict(
         )
     name = p.name.lower()
     if name.endswith(".index.json"):
-        sd = _load_sharded(p)
+        sd = _load_sharded(p, dtype)
     elif name.endswith(SAFETENSORS_SUFFIXES):
         index = _index_beside_shard(p)
-        sd = _load_sharded(index) if index is not None else _load_safetensors(p)
+        sd = _load_sharded(index, dtype) if index is not None else _load_safetensors(p, dtype)
     elif name.endswith(TORCH_SUFFIXES):
-        sd = _load_torch(p)
+        sd = _load_torch(p, dtype)
     elif name.endswith(".gguf"):
         raise CheckpointError(
             f"'{p}' is a GGUF file; only .safetensors and .pth files of plain tensors are "
@@ -134,21 +134,42 @@ def load_state_dict(
         )
     if not sd:
         raise CheckpointError(f"'{p}' holds no tensors; the file is empty or not a model.")
-    return _upcast_fp8(sd, dtype, p)
+    return sd
 
 
-def _load_safetensors(p: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+_ST_FP8 = ("F8_E4M3", "F8_E5M2")
+
+
+def _corrupt(p: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"cannot read safetensors file '{p}' ({type(exc).__name__}: {exc}). The file is "
+        "truncated or corrupt (often an interrupted download): expected a complete "
+        "safetensors file. Download it again and compare its size / sha256 with the source."
+    )
+
+
+def _load_safetensors(
+    p: Path, dtype: torch.dtype | None, scales: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """Read one safetensors file tensor by tensor, converting each as it is read.
+
+    ``scales``: fp8 scale tensors of the whole (sharded) model; by default this file's own.
+    """
+    from safetensors import safe_open
 
     try:
-        return load_file(str(p), device="cpu")
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            keys = list(f.keys())
+            fp8 = any(f.get_slice(k).get_dtype() in _ST_FP8 for k in keys)
+            if scales is None:
+                scales = {k: f.get_tensor(k) for k in keys if k.endswith(_SCALE_SUFFIXES)}
+            else:  # a shard: the model is scaled fp8 when its index lists scales
+                fp8 = fp8 or bool(scales)
+            return _convert(keys, f.get_tensor, fp8, scales, dtype, p)
+    except CheckpointError:
+        raise
     except Exception as exc:  # safetensors raises its own SafetensorError / OSError
-        raise CheckpointError(
-            f"cannot read safetensors file '{p}' ({type(exc).__name__}: {exc}). The file is "
-            "truncated or corrupt (often an interrupted download): expected a complete "
-            "safetensors file. Download it again and compare its size / sha256 with the "
-            "source."
-        ) from exc
+        raise _corrupt(p, exc) from exc
 
 
 def _index_beside_shard(p: Path) -> Path | None:
@@ -165,7 +186,7 @@ def _index_beside_shard(p: Path) -> Path | None:
     return None
 
 
-def _load_sharded(index: Path) -> dict[str, torch.Tensor]:
+def _load_sharded(index: Path, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
         weight_map = data["weight_map"]
@@ -184,12 +205,29 @@ def _load_sharded(index: Path) -> dict[str, torch.Tensor]:
             f"missing beside the index, first '{missing[0]}'. Download every shard into "
             f"'{index.parent}'."
         )
+    # fp8 scales may sit in another shard than their weight: gather them (tiny) first.
+    scales: dict[str, torch.Tensor] = {}
+    scale_keys = [k for k in weight_map if k.endswith(_SCALE_SUFFIXES)]
+    if scale_keys:
+        from safetensors import safe_open
+
+        for shard in sorted({weight_map[k] for k in scale_keys}):
+            try:
+                with safe_open(str(index.parent / shard), framework="pt", device="cpu") as f:
+                    scales.update({k: f.get_tensor(k) for k in scale_keys if k in f.keys()})
+            except Exception as exc:
+                raise _corrupt(index.parent / shard, exc) from exc
     sd: dict[str, torch.Tensor] = {}
     for shard in shards:
         sp = index.parent / shard
-        part = _load_torch(sp) if shard.lower().endswith(TORCH_SUFFIXES) else _load_safetensors(sp)
-        sd.update(part)
-    absent = [k for k in weight_map if k not in sd]
+        if shard.lower().endswith(TORCH_SUFFIXES):
+            sd.update(_load_torch(sp, dtype))
+        else:
+            sd.update(_load_safetensors(sp, dtype, scales))
+    absent = [
+        k for k in weight_map if k not in sd and not k.endswith(_SCALE_SUFFIXES + _DROP_SUFFIXES)
+    ]
+    absent = [k for k in absent if k not in _DROP_KEYS]
     if absent:
         raise CheckpointError(
             f"sharded model '{index}': {len(absent)} tensors listed in the index are not in "
@@ -199,7 +237,7 @@ def _load_sharded(index: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _load_torch(p: Path) -> dict[str, torch.Tensor]:
+def _load_torch(p: Path, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as exc:
@@ -214,7 +252,11 @@ def _load_torch(p: Path) -> dict[str, torch.Tensor]:
             f"cannot read '{p}' as a PyTorch file ({type(exc).__name__}: {exc}). The file is "
             "truncated or corrupt: download it again."
         ) from exc
-    return _unwrap(obj, p)
+    raw = _unwrap(obj, p)
+    del obj
+    has_fp8 = any(t.dtype in FP8_DTYPES for t in raw.values())
+    scales = {k: t for k, t in raw.items() if k.endswith(_SCALE_SUFFIXES)}
+    return _convert(list(raw), raw.pop, has_fp8, scales, dtype, p)
 
 
 def _unwrap(obj: Any, p: Path) -> dict[str, torch.Tensor]:
@@ -243,10 +285,19 @@ def _unwrap(obj: Any, p: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _upcast_fp8(
-    sd: dict[str, torch.Tensor], dtype: torch.dtype | None, p: Path
+def _convert(
+    keys: list[str],
+    get: Callable[[str], torch.Tensor],
+    has_fp8: bool,
+    scales: Mapping[str, torch.Tensor],
+    dtype: torch.dtype | None,
+    p: Path,
 ) -> dict[str, torch.Tensor]:
-    has_fp8 = any(t.dtype in FP8_DTYPES for t in sd.values())
+    """Fetch ``keys`` one at a time: upcast fp8 (times its scale), cast floats to ``dtype``.
+
+    Drops ComfyUI's scaled-fp8 bookkeeping tensors. Converting one tensor at a time keeps
+    the peak memory near the size of the result.
+    """
     target = dtype or torch.float32
     if has_fp8:
         logger.warning(
@@ -256,15 +307,16 @@ def _upcast_fp8(
             target,
         )
     out: dict[str, torch.Tensor] = {}
-    for k, t in sd.items():
+    for k in keys:
         if k in _DROP_KEYS or k.endswith(_DROP_SUFFIXES):
             continue
         if has_fp8 and k.endswith(_SCALE_SUFFIXES):
             continue  # folded into its weight below
+        t = get(k)
         if t.dtype in FP8_DTYPES:
             w = t.to(torch.float32)
             base = k[: -len(".weight")] if k.endswith(".weight") else k
-            scale = next((sd[base + s] for s in _SCALE_SUFFIXES if base + s in sd), None)
+            scale = next((scales[base + s] for s in _SCALE_SUFFIXES if base + s in scales), None)
             if scale is not None:
                 w = w * _broadcast_scale(scale.to(torch.float32), w, k, p)
             out[k] = w.to(target)

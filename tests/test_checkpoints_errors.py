@@ -206,3 +206,24 @@ def test_inspect_vae_from_fixture_layout() -> None:
     assert cfg.base_dim == 8 and cfg.z_dim == 16
     assert cfg.dim_mult == (1, 2, 4) and cfg.num_res_blocks == 1
     assert cfg.temperal_downsample == (False, True)
+
+
+def test_fp8_scale_in_another_shard(tmp_path) -> None:
+    w = torch.tensor([[1.0, -2.0]])
+    save_file(
+        {"a.weight": w.to(torch.float8_e4m3fn)}, str(tmp_path / "s-00001-of-00002.safetensors")
+    )
+    save_file({"a.scale_weight": torch.tensor(0.5)}, str(tmp_path / "s-00002-of-00002.safetensors"))
+    (tmp_path / "s.safetensors.index.json").write_text(
+        json.dumps(
+            {
+                "weight_map": {
+                    "a.weight": "s-00001-of-00002.safetensors",
+                    "a.scale_weight": "s-00002-of-00002.safetensors",
+                }
+            }
+        )
+    )
+    out = load_state_dict(tmp_path / "s-00001-of-00002.safetensors")
+    assert set(out) == {"a.weight"}
+    torch.testing.assert_close(out["a.weight"], 0.5 * w)
