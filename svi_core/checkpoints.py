@@ -94,7 +94,8 @@ def load_state_dict(
     """Read every tensor of a model file onto the CPU.
 
     ``path``: a ``.safetensors`` file, a sharded set's ``.index.json`` (or one of its shards
-    with the index beside it), or a ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt`` of plain tensors.
+    with the index beside it), a ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt`` of plain tensors,
+    or a folder holding exactly one of these (e.g. an official Wan expert folder).
     ``dtype``: when given, floating-point tensors are cast to it. fp8 tensors are always
     upcast (to ``dtype``, or float32 when ``dtype`` is None), multiplied by their ComfyUI
     scale tensor when one is present; the scale tensors are removed.
@@ -110,10 +111,7 @@ def load_state_dict(
             "put the file in the matching ComfyUI models folder or pass its full path."
         )
     if p.is_dir():
-        raise CheckpointError(
-            f"'{p}' is a folder; expected a model file (.safetensors, .pth) or a sharded "
-            "set's .index.json. Pass the file itself."
-        )
+        p = _resolve_dir(p)
     name = p.name.lower()
     if name.endswith(".index.json"):
         sd = _load_sharded(p, dtype)
@@ -138,6 +136,24 @@ def load_state_dict(
 
 
 _ST_FP8 = ("F8_E4M3", "F8_E5M2")
+
+
+def _resolve_dir(d: Path) -> Path:
+    """The model in a folder: its one ``*.index.json``, else its one model file."""
+    indexes = sorted(d.glob("*.index.json"))
+    if len(indexes) == 1:
+        return indexes[0]
+    files = sorted(
+        f for f in d.iterdir() if f.name.lower().endswith(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)
+    )
+    if not indexes and len(files) == 1:
+        return files[0]
+    found = [f.name for f in (indexes or files)][:6]
+    raise CheckpointError(
+        f"'{d}' is a folder holding {'no' if not found else 'several'} model files "
+        f"({', '.join(found) or 'none'}); expected one model (one .safetensors / .pth, or one "
+        "sharded set's .index.json). Pass the model file itself."
+    )
 
 
 def _corrupt(p: Path, exc: Exception) -> CheckpointError:
@@ -564,7 +580,8 @@ def inspect_dit(
 
 def find_config_json(model_path: str | os.PathLike[str]) -> Path | None:
     """``config.json`` in the model file's folder (official Wan / diffusers layout), if any."""
-    cand = Path(model_path).parent / "config.json"
+    p = Path(model_path)
+    cand = (p if p.is_dir() else p.parent) / "config.json"
     return cand if cand.is_file() else None
 
 

@@ -227,3 +227,13 @@ def test_fp8_scale_in_another_shard(tmp_path) -> None:
     out = load_state_dict(tmp_path / "s-00001-of-00002.safetensors")
     assert set(out) == {"a.weight"}
     torch.testing.assert_close(out["a.weight"], 0.5 * w)
+
+
+def test_folder_with_one_model_or_ambiguous(tmp_path) -> None:
+    w = torch.randn(2)
+    save_file({"x": w}, str(tmp_path / "only.safetensors"))
+    (tmp_path / "config.json").write_text("{}")
+    assert torch.equal(load_state_dict(tmp_path)["x"], w)
+    save_file({"y": w}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(CheckpointError, match="several model files.*only.safetensors"):
+        load_state_dict(tmp_path)
