@@ -162,7 +162,9 @@ class ModeConfig:
 def _check(mode: ModeConfig) -> list[str]:
     p: list[str] = []
     if mode.frames < 5 or (mode.frames - 1) % 4:
-        p.append(f"frames={mode.frames} must be 4k + 1 and >= 5 (e.g. 81)")
+        lo = max(5, (mode.frames - 1) // 4 * 4 + 1)
+        near = f"{lo} or {lo + 4}" if lo < mode.frames else f"{lo}"
+        p.append(f"frames={mode.frames} must be 4k + 1 and >= 5 (nearest valid: {near})")
     if mode.carry == "pixel":
         if not 1 <= mode.motion_frames < mode.frames:
             p.append(f"motion_frames={mode.motion_frames} must be in [1, frames - 1]")

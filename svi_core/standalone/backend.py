@@ -11,7 +11,9 @@ Spaces: the loop hands NORMALISED latents; the VAE works in RAW space, converted
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -189,3 +191,37 @@ class DiffusersBackend:
         if ctx.ndim == 2:
             ctx = ctx.unsqueeze(0)
         return ctx.to(self.device, self.dtype)
+
+
+def text_embedding_key(prompt: str) -> str:
+    """Key of a prompt in a text-embeddings file: the SHA-256 hex digest of its UTF-8 text."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
+def save_text_embeddings(path: str | Path, contexts: Mapping[str, torch.Tensor]) -> Path:
+    """Write precomputed contexts ``{prompt: [1, L, text_dim]}`` for ``--text-embeddings``."""
+    from safetensors.torch import save_file
+
+    tensors = {
+        text_embedding_key(p): c.detach().float().cpu().contiguous() for p, c in contexts.items()
+    }
+    save_file(tensors, str(path))
+    return Path(path)
+
+
+def embeddings_text_encoder(path: str | Path) -> TextEncoderFn:
+    """A text encoder that looks prompts up in a file written by :func:`save_text_embeddings`."""
+    from safetensors.torch import load_file
+
+    table = load_file(str(path))
+
+    def lookup(prompt: str) -> torch.Tensor:
+        key = text_embedding_key(prompt)
+        if key not in table:
+            raise SVIError(
+                f"text embeddings file {path} has no entry for the prompt {prompt[:60]!r}; "
+                "precompute it with save_text_embeddings or use --text-encoder"
+            )
+        return table[key]
+
+    return lookup

@@ -1,0 +1,445 @@
+"""Command line: ``python -m svi_core generate | report | demo``.
+
+``generate`` runs the SVI clip loop with the standalone diffusers backend::
+
+    python -m svi_core generate --mode film \\
+        --model wan2.1_i2v_480p_14B_bf16.safetensors --vae wan_2.1_vae.safetensors \\
+        --text-encoder umt5_xxl_fp16.safetensors --tokenizer google/umt5-xxl \\
+        --clip-vision clip_vision_h.safetensors --lora svi-film-opt-10212025.safetensors \\
+        --image frame.jpg --prompts prompt.txt --output film.mp4
+
+Every input is checked before any model is loaded. The run directory (default
+``<output>.run/``) makes the run resumable: rerun the same command after a crash or Ctrl-C,
+or with a larger ``--clips`` to extend a finished video.
+
+``report VIDEO --out DIR`` is forwarded to :func:`svi_core.report.main`; ``demo`` to
+:func:`svi_core.demo.main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .conditioning import check_frames, check_size, load_reference
+from .errors import Cancelled, SVIError
+from .log import logger
+from .loop import LoopInputs, RunResult, RunSettings, run_clips
+from .modes import MODES, ModeConfig, get_mode
+from .prompts import PromptStream, load_prompts
+from .video_io import DEFAULT_CRF
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA file and its strength (``PATH[:STRENGTH]`` on the command line)."""
+
+    path: Path
+    strength: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> LoraSpec:
+        path, strength = text, 1.0
+        head, sep, tail = text.rpartition(":")
+        if sep and head and not (len(head) == 1 and head.isalpha()):  # keep "C:\..." intact
+            try:
+                strength = float(tail)
+                path = head
+            except ValueError:
+                path = text
+        return cls(Path(path), strength)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The model files of a standalone run.
+
+    Attributes:
+        model: the DiT (Wan2.1 I2V) or the Wan2.2 high-noise expert.
+        low_noise_model: the Wan2.2 low-noise expert (None for Wan2.1).
+        vae: the Wan2.1 VAE. clip_vision: ViT-H image encoder (Wan2.1 modes only).
+        text_encoder, tokenizer: UMT5 weights and tokenizer folder; or
+        text_embeddings: a safetensors file of precomputed contexts keyed by
+            :func:`svi_core.standalone.backend.text_embedding_key`.
+        loras, low_noise_loras: LoRAs merged into ``model`` / ``low_noise_model``.
+    """
+
+    model: Path
+    vae: Path
+    low_noise_model: Path | None = None
+    clip_vision: Path | None = None
+    text_encoder: Path | None = None
+    tokenizer: Path | None = None
+    text_embeddings: Path | None = None
+    loras: tuple[LoraSpec, ...] = ()
+    low_noise_loras: tuple[LoraSpec, ...] = ()
+
+    def fingerprints(self) -> dict[str, str]:
+        """Name and size of every file, for the run directory (no hashing of 28 GB files)."""
+
+        def fp(p: Path | None) -> str:
+            return "-" if p is None else f"{p.name}:{p.stat().st_size if p.exists() else 0}"
+
+        out = {
+            "model": fp(self.model),
+            "low_noise_model": fp(self.low_noise_model),
+            "vae": fp(self.vae),
+            "clip_vision": fp(self.clip_vision),
+            "text_encoder": fp(self.text_encoder or self.text_embeddings),
+        }
+        out["loras"] = ",".join(f"{fp(x.path)}@{x.strength:g}" for x in self.loras) or "-"
+        out["low_noise_loras"] = (
+            ",".join(f"{fp(x.path)}@{x.strength:g}" for x in self.low_noise_loras) or "-"
+        )
+        return out
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """Everything ``generate`` needs, checked (see :func:`options_from_args`).
+
+    Attributes:
+        settings: mode + size + clip count. files: model files. image, prompts: inputs.
+        output: the mp4. run_dir: the resumable run directory. device, dtype: where and in
+        which dtype the DiT and text encoder run (the VAE and CLIP vision run in float32).
+        batch_cfg: batch the CFG passes. progress: show tqdm bars.
+    """
+
+    settings: RunSettings
+    files: ModelFiles
+    image: Path
+    prompts: tuple[str, ...]
+    output: Path
+    run_dir: Path
+    device: str
+    dtype: torch.dtype
+    batch_cfg: bool = True
+    progress: bool = True
+
+
+# ----- parsing ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m svi_core",
+        description="Stable Video Infinity: videos of any length from one image.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser(
+        "generate",
+        help="generate (or resume / extend) an SVI video",
+        description="Generate an SVI video clip by clip; rerun to resume or extend.",
+    )
+    m = g.add_argument_group("models")
+    m.add_argument("--model", type=Path, required=True, help="DiT file (Wan2.2: high-noise expert)")
+    m.add_argument("--low-noise-model", type=Path, help="Wan2.2 A14B low-noise expert")
+    m.add_argument("--vae", type=Path, required=True, help="Wan2.1 VAE file")
+    m.add_argument("--text-encoder", type=Path, help="UMT5-XXL weights")
+    m.add_argument("--tokenizer", type=Path, help="folder with the google/umt5-xxl tokenizer")
+    m.add_argument(
+        "--text-embeddings", type=Path, help="precomputed text contexts (instead of UMT5)"
+    )
+    m.add_argument("--clip-vision", type=Path, help="CLIP ViT-H (Wan2.1 modes)")
+    m.add_argument(
+        "--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
+        help="LoRA for --model (repeatable)",
+    )  # fmt: skip
+    m.add_argument(
+        "--low-noise-lora", action="append", default=[], metavar="PATH[:STRENGTH]",
+        help="LoRA for --low-noise-model (repeatable)",
+    )  # fmt: skip
+    i = g.add_argument_group("inputs")
+    i.add_argument("--image", type=Path, required=True, help="reference (first) frame")
+    i.add_argument("--prompts", type=Path, help="prompt file (prompts = [...] or one per line)")
+    i.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    i.add_argument("--negative", help="negative prompt (default: the mode's official one)")
+    s = g.add_argument_group("generation")
+    s.add_argument("--mode", default="film", choices=list(MODES), help="SVI mode (default film)")
+    s.add_argument("--clips", type=int, help="number of clips (default: the mode's rule)")
+    s.add_argument("--width", type=int, help="video width (multiple of 16)")
+    s.add_argument("--height", type=int, help="video height (multiple of 16)")
+    s.add_argument("--frames", type=int, help="frames per clip, 4k + 1 (default 81)")
+    s.add_argument("--steps", type=int, help="sampling steps (default 50)")
+    s.add_argument("--cfg", type=float, help="guidance scale (default 5; 1 = no guidance)")
+    s.add_argument("--shift", type=float, help="schedule shift (default 5)")
+    s.add_argument("--seed", type=int, help="seed of clip 0 (default 0)")
+    s.add_argument("--stride", type=int, help="seed step per clip (default 42)")
+    s.add_argument("--prompt-policy", choices=["first", "cycle", "hold"])
+    s.add_argument("--prompt-repeat", type=int, help="clips per prompt")
+    s.add_argument("--motion-frames", type=int, help="pixel-carry motion frames m")
+    s.add_argument("--motion-latents", type=int, help="latent-carry motion latents k (Pro)")
+    s.add_argument("--overlap", type=int, help="frames dropped per clip when stitching")
+    o = g.add_argument_group("output")
+    o.add_argument("--output", type=Path, required=True, help="output .mp4")
+    o.add_argument("--run-dir", type=Path, help="run directory (default <output>.run)")
+    o.add_argument("--fps", type=float, help="saved frame rate (default: the mode's)")
+    o.add_argument("--crf", type=int, default=DEFAULT_CRF, help="x264 quality (default 16)")
+    r = g.add_argument_group("runtime")
+    r.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    r.add_argument("--dtype", choices=list(_DTYPES), help="DiT dtype (default bf16 on GPU)")
+    r.add_argument("--no-batch-cfg", action="store_true", help="run CFG passes one by one")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sub.add_parser("report", help="drift report of a video (svi_core.report)", add_help=False)
+    sub.add_parser("demo", help="the toy demo (svi_core.demo)", add_help=False)
+    return parser
+
+
+def _need_file(path: Path | None, what: str, flag: str) -> None:
+    if path is not None and not path.is_file():
+        raise SVIError(f"{what} {path} does not exist; pass an existing file with {flag}")
+
+
+def options_from_args(args: argparse.Namespace) -> GenerateOptions:
+    """Check every input and map the arguments onto the typed settings (no model loaded)."""
+    if args.frames is not None:
+        check_frames(args.frames)
+    mode: ModeConfig = get_mode(
+        args.mode,
+        frames=args.frames,
+        steps=args.steps,
+        cfg=args.cfg,
+        shift=args.shift,
+        seed_base=args.seed,
+        seed_stride=args.stride,
+        prompt_policy=args.prompt_policy,
+        prompt_repeat=args.prompt_repeat,
+        motion_frames=args.motion_frames,
+        motion_latents=args.motion_latents,
+        fps=args.fps,
+        negative_prompt=args.negative,
+        **({"overlap": args.overlap} if args.overlap is not None else {}),
+    )
+    for path, what, flag in (
+        (args.model, "DiT file", "--model"),
+        (args.low_noise_model, "low-noise DiT file", "--low-noise-model"),
+        (args.vae, "VAE file", "--vae"),
+        (args.text_encoder, "text encoder file", "--text-encoder"),
+        (args.text_embeddings, "text embeddings file", "--text-embeddings"),
+        (args.clip_vision, "CLIP-vision file", "--clip-vision"),
+    ):
+        _need_file(path, what, flag)
+    if args.text_encoder is None and args.text_embeddings is None:
+        raise SVIError("no text encoder: pass --text-encoder and --tokenizer, or --text-embeddings")
+    if args.text_encoder is not None and (args.tokenizer is None or not args.tokenizer.is_dir()):
+        raise SVIError(
+            f"--text-encoder needs --tokenizer pointing to the google/umt5-xxl tokenizer folder "
+            f"(got {args.tokenizer})"
+        )
+    if mode.clip_vision and args.clip_vision is None:
+        raise SVIError(
+            f"mode {mode.name} runs Wan2.1 I2V, which needs CLIP vision: pass --clip-vision "
+            "clip_vision_h.safetensors"
+        )
+    loras = tuple(LoraSpec.parse(t) for t in args.lora)
+    low_loras = tuple(LoraSpec.parse(t) for t in args.low_noise_lora)
+    for spec in loras + low_loras:
+        _need_file(spec.path, "LoRA file", "--lora")
+    if low_loras and args.low_noise_model is None:
+        raise SVIError("--low-noise-lora needs --low-noise-model (the Wan2.2 low-noise expert)")
+    if args.prompts is not None and args.prompt:
+        raise SVIError("give prompts either with --prompts FILE or with --prompt, not both")
+    if args.prompts is not None:
+        prompts = load_prompts(args.prompts)
+    elif args.prompt:
+        prompts = [p.strip() for p in args.prompt if p.strip()]
+    else:
+        raise SVIError("no prompt: pass --prompts FILE or --prompt TEXT")
+    PromptStream.for_mode(prompts, mode)  # empty -> error
+    if (args.width is None) != (args.height is None):
+        raise SVIError("give both --width and --height, or neither")
+    if args.width is not None:
+        check_size(args.width, args.height)
+        size = (args.width, args.height)
+    elif mode.resize == "fixed":
+        size = (mode.width, mode.height)
+    else:
+        size = None
+    reference = load_reference(args.image, mode, size)  # unreadable image -> SVIError
+    height, width = int(reference.shape[0]), int(reference.shape[1])
+    clips = args.clips if args.clips is not None else mode.clip_count(len(prompts))
+    settings = RunSettings(mode=mode, width=width, height=height, num_clips=clips, crf=args.crf)
+    settings.validate()
+    output = args.output
+    if output.suffix.lower() != ".mp4":
+        raise SVIError(f"--output {output} must end in .mp4")
+    run_dir = args.run_dir if args.run_dir is not None else output.with_suffix(".run")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.dtype is not None:
+        dtype = _DTYPES[args.dtype]
+    else:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    files = ModelFiles(
+        model=args.model,
+        vae=args.vae,
+        low_noise_model=args.low_noise_model,
+        clip_vision=args.clip_vision if mode.clip_vision else None,
+        text_encoder=args.text_encoder,
+        tokenizer=args.tokenizer,
+        text_embeddings=args.text_embeddings if args.text_encoder is None else None,
+        loras=loras,
+        low_noise_loras=low_loras,
+    )
+    return GenerateOptions(
+        settings=settings,
+        files=files,
+        image=args.image,
+        prompts=tuple(prompts),
+        output=output,
+        run_dir=run_dir,
+        device=device,
+        dtype=dtype,
+        batch_cfg=not args.no_batch_cfg,
+        progress=not args.no_progress,
+    )
+
+
+# ----- running ------------------------------------------------------------------------------
+
+
+def build_backend(opts: GenerateOptions):
+    """Load the models of ``opts.files`` and return a :class:`DiffusersBackend`."""
+    from .lora import apply_lora_to_diffusers, load_lora
+    from .standalone.backend import DiffusersBackend, embeddings_text_encoder
+    from .standalone.models import (
+        clip_vision_features,
+        encode_text,
+        load_clip_vision,
+        load_umt5_encoder,
+        load_wan_transformer,
+        load_wan_vae,
+    )
+
+    f, dev = opts.files, torch.device(opts.device)
+
+    def dit(path: Path, loras: Sequence[LoraSpec]) -> torch.nn.Module:
+        model = load_wan_transformer(path, dtype=opts.dtype)
+        for spec in loras:
+            apply_lora_to_diffusers(model, load_lora(spec.path), spec.strength)
+        return model.to(dev)
+
+    high = dit(f.model, f.loras)
+    low = dit(f.low_noise_model, f.low_noise_loras) if f.low_noise_model is not None else None
+    vae = load_wan_vae(f.vae, dtype=torch.float32).to(dev)
+    if f.text_encoder is not None:
+        te, tok = load_umt5_encoder(f.text_encoder, f.tokenizer, dtype=opts.dtype)
+        te = te.to(dev)
+
+        def text_encoder(prompt: str) -> torch.Tensor:
+            return encode_text(te, tok, [prompt])
+
+    else:
+        text_encoder = embeddings_text_encoder(f.text_embeddings)
+    image_encoder = None
+    if f.clip_vision is not None:
+        cv = load_clip_vision(f.clip_vision, dtype=torch.float32).to(dev)
+
+        def image_encoder(frame: torch.Tensor) -> torch.Tensor:
+            return clip_vision_features(cv, frame)
+
+    return DiffusersBackend(
+        high,
+        vae,
+        low_noise_transformer=low,
+        text_encoder=text_encoder,
+        image_encoder=image_encoder,
+        device=dev,
+        dtype=opts.dtype,
+        batch_cfg=opts.batch_cfg,
+    )
+
+
+def generate(opts: GenerateOptions, backend=None) -> RunResult:
+    """Run (or resume / extend) a generation; ``backend`` defaults to :func:`build_backend`."""
+    mode = opts.settings.mode
+    reference = load_reference(opts.image, mode, (opts.settings.width, opts.settings.height))
+    inputs = LoopInputs(
+        reference=reference, prompts=opts.prompts, fingerprints=opts.files.fingerprints()
+    )
+    if backend is None:
+        backend = build_backend(opts)
+    clip_bar = step_bar = None
+    if opts.progress:
+        from tqdm import tqdm
+
+        clip_bar = tqdm(total=opts.settings.num_clips, desc="clips", unit="clip", position=0)
+        step_bar = tqdm(total=mode.steps, desc="steps", unit="step", position=1, leave=False)
+
+    def on_step(clip: int, done: int, total: int) -> None:
+        if step_bar is not None:
+            if done == 1:
+                step_bar.reset(total=total)
+                step_bar.set_description(f"clip {clip + 1}")
+            step_bar.update(1)
+
+    def on_clip(result) -> None:
+        if clip_bar is not None:
+            clip_bar.n = result.record.index + 1
+            clip_bar.refresh()
+
+    try:
+        return run_clips(
+            backend,
+            opts.settings,
+            inputs,
+            opts.run_dir,
+            output=opts.output,
+            on_step=on_step,
+            on_clip=on_clip,
+        )
+    finally:
+        for bar in (step_bar, clip_bar):
+            if bar is not None:
+                bar.close()
+
+
+def _forward(module: str, argv: list[str]) -> int:
+    import importlib
+
+    try:
+        mod = importlib.import_module(f".{module}", __package__)
+    except ModuleNotFoundError as e:
+        if e.name == f"{__package__}.{module}":
+            logger.error("the '%s' command is not available in this build", module)
+            return 2
+        raise
+    return int(mod.main(argv) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m svi_core`` / the ``svi`` script. Returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("svi: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    if argv and argv[0] in ("report", "demo"):
+        return _forward(argv[0], argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        opts = options_from_args(args)
+        result = generate(opts)
+    except SVIError as e:
+        logger.error("error: %s", e)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        logger.error("interrupted; finished clips are kept, rerun the same command to resume")
+        return 130
+    logger.info(
+        "wrote %s: %d frames from %d clips (%d generated now); run directory %s",
+        result.video,
+        result.frames,
+        result.clips_done,
+        result.clips_generated,
+        result.run_dir,
+    )
+    return 0

@@ -1,0 +1,184 @@
+"""``python -m svi_core generate`` end to end on tiny models, and its refusals of bad input."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from svi_core.cli import LoraSpec, main
+
+FIXTURES = Path(
+    os.environ.get(
+        "SVI_FIXTURES_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"
+    )
+)
+PROMPTS = ["a lighthouse in a storm", "waves crash on the rocks", "the storm clears"]
+
+
+def write_image(path, w=40, h=36):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    img = write_image(tmp_path / "frame.png")
+    prompts = tmp_path / "prompt.txt"
+    prompts.write_text(
+        "prompts = [\n" + "".join(f"  {p!r},\n" for p in PROMPTS) + "]\n", encoding="utf-8"
+    )
+    return img, prompts
+
+
+def base_args(tmp_path, img, prompts, model="dit.safetensors"):
+    (tmp_path / model).write_bytes(b"x")
+    (tmp_path / "vae.safetensors").write_bytes(b"x")
+    (tmp_path / "clip.safetensors").write_bytes(b"x")
+    (tmp_path / "emb.safetensors").write_bytes(b"x")
+    return [
+        "generate", "--model", str(tmp_path / model), "--vae", str(tmp_path / "vae.safetensors"),
+        "--clip-vision", str(tmp_path / "clip.safetensors"),
+        "--text-embeddings", str(tmp_path / "emb.safetensors"),
+        "--image", str(img), "--prompts", str(prompts), "--output", str(tmp_path / "out.mp4"),
+        "--no-progress",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--frames", "80"], "frames per clip must be 4k \\+ 1.*try 77 or 81"),
+        (["--width", "500", "--height", "480"], "width=500 \\(nearest valid: 496 or 512\\)"),
+        (["--mode", "v2_pro", "--frames", "9", "--clips", "0"], "num_clips=0"),
+    ],
+)
+def test_bad_settings_refused(tmp_path, inputs, caplog, extra, message):
+    assert main(base_args(tmp_path, *inputs) + extra) == 2
+    assert caplog.text and __import__("re").search(message, caplog.text)
+    assert not (tmp_path / "out.run").exists()
+
+
+def test_bad_inputs_refused(tmp_path, inputs, caplog):
+    img, prompts = inputs
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing here\n\n", encoding="utf-8")
+    assert main(base_args(tmp_path, img, empty)) == 2
+    assert "no prompt found" in caplog.text
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image", encoding="utf-8")
+    assert main(base_args(tmp_path, broken, prompts)) == 2
+    assert "cannot be read as an image" in caplog.text
+    args = base_args(tmp_path, img, prompts)
+    args[args.index("--vae") + 1] = str(tmp_path / "missing_vae.safetensors")
+    assert main(args) == 2
+    assert "VAE file" in caplog.text and "missing_vae" in caplog.text
+    args = base_args(tmp_path, img, prompts)
+    i = args.index("--clip-vision")
+    del args[i : i + 2]
+    assert main(args) == 2 and "needs CLIP vision" in caplog.text
+
+
+def test_lora_spec_parsing():
+    assert LoraSpec.parse("a/b.safetensors:0.5") == LoraSpec(Path("a/b.safetensors"), 0.5)
+    assert LoraSpec.parse("a/b.safetensors") == LoraSpec(Path("a/b.safetensors"), 1.0)
+    assert LoraSpec.parse("C:\\x\\l.safetensors").path == Path("C:\\x\\l.safetensors")
+
+
+# ----- end to end on tiny models (the fixtures' official-layout files) ---------------------
+
+
+def need_fixtures():
+    if not (FIXTURES / "wan21_i2v_dit" / "model.safetensors").is_file():
+        pytest.skip(
+            f"tiny official-layout models not found under {FIXTURES} (set SVI_FIXTURES_DIR)"
+        )
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    need_fixtures()
+    tmp_path = tmp_path_factory.mktemp("tiny_models")
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from svi_core.standalone.backend import save_text_embeddings
+
+    out = {}
+    for name in ("wan21_i2v_dit", "wan22_i2v_dit", "wan21_vae"):
+        shutil.copytree(FIXTURES / name, tmp_path / name)
+        out[name] = tmp_path / name / "model.safetensors"
+    lora = FIXTURES / "svi_lora" / "lora_peft_names.safetensors"
+    shutil.copy(lora, tmp_path / "svi_lora.safetensors")
+    out["lora"] = tmp_path / "svi_lora.safetensors"
+    torch.manual_seed(0)
+    cfg = CLIPVisionConfig(hidden_size=96, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=224, patch_size=14)  # fmt: skip
+    clip = CLIPVisionModel(cfg)
+    (tmp_path / "clip").mkdir()
+    sd = {k if k.startswith("vision_model.") else "vision_model." + k: v.contiguous()
+          for k, v in clip.state_dict().items() if not k.endswith("position_ids")}  # fmt: skip
+    save_file(sd, str(tmp_path / "clip" / "clip.safetensors"))  # ComfyUI clip_vision_h naming
+    (tmp_path / "clip" / "config.json").write_text(json.dumps({"num_attention_heads": 4}))
+    out["clip"] = tmp_path / "clip" / "clip.safetensors"
+    from svi_core.modes import NEGATIVE_PROMPT_EN, NEGATIVE_PROMPT_ZH
+
+    g = torch.Generator().manual_seed(1)
+    ctx = {}
+    for p in PROMPTS + [NEGATIVE_PROMPT_EN, NEGATIVE_PROMPT_ZH]:
+        c = torch.zeros(1, 512, 32)
+        c[:, :7] = torch.randn(1, 7, 32, generator=g)
+        ctx[p] = c
+    out["emb"] = save_text_embeddings(tmp_path / "emb.safetensors", ctx)
+    return out
+
+
+@pytest.mark.slow
+def test_generate_film_end_to_end_then_extend(tmp_path, inputs, caplog, tiny_models):
+    from svi_core.video_io import count_frames
+
+    m = tiny_models
+    img, prompts = inputs
+    out = tmp_path / "film.mp4"
+    args = [
+        "generate", "--mode", "film", "--model", str(m["wan21_i2v_dit"]),
+        "--vae", str(m["wan21_vae"]), "--clip-vision", str(m["clip"]),
+        "--text-embeddings", str(m["emb"]), "--lora", f"{m['lora']}:0.7",
+        "--image", str(img), "--prompts", str(prompts), "--frames", "9", "--steps", "2",
+        "--width", "32", "--height", "32", "--clips", "2", "--output", str(out),
+    ]  # fmt: skip
+    assert main(args) == 0, caplog.text
+    assert count_frames(out) == 2 * 9 - 5
+    manifest = json.loads((tmp_path / "film.run" / "manifest.json").read_text())
+    assert [c["seed"] for c in manifest["clips"]] == [0, 42]
+    assert manifest["settings"]["width"] == 32 and manifest["inputs"]["loras"].endswith("@0.7")
+    args[args.index("--clips") + 1] = "3"
+    assert main(args) == 0, caplog.text
+    assert count_frames(out) == 3 * 9 - 2 * 5
+    assert "1 generated now" in caplog.text
+    args[args.index("--steps") + 1] = "3"
+    assert main(args) == 2
+    assert "steps=2" in caplog.text and "steps=3" in caplog.text
+
+
+def test_generate_pro_two_experts(tmp_path, inputs, caplog, tiny_models):
+    from svi_core.video_io import count_frames
+
+    m = tiny_models
+    img, prompts = inputs
+    out = tmp_path / "pro.mp4"
+    args = [
+        "generate", "--mode", "v2_pro", "--model", str(m["wan22_i2v_dit"]),
+        "--low-noise-model", str(m["wan22_i2v_dit"]), "--vae", str(m["wan21_vae"]),
+        "--text-embeddings", str(m["emb"]), "--image", str(img), "--prompts", str(prompts),
+        "--frames", "9", "--steps", "3", "--width", "32", "--height", "32", "--clips", "2",
+        "--output", str(out), "--no-progress",
+    ]  # fmt: skip
+    assert main(args) == 0, caplog.text
+    assert count_frames(out) == 9 + (9 - 5)
