@@ -40,6 +40,7 @@ __all__ = [
     "WanDiTConfig",
     "WanVAEConfig",
     "detect_kind",
+    "diffusers_dit_to_official",
     "dit_overrides_from_config",
     "find_config_json",
     "inspect_dit",
@@ -377,6 +378,8 @@ def detect_kind(state_dict: Mapping[str, Any]) -> str:
         and _has_suffix(state_dict, "blocks.0.self_attn.q.weight")
     ):
         return "wan_dit"
+    if _is_diffusers_dit(state_dict):
+        return "wan_dit"
     if "decoder.middle.0.residual.0.gamma" in keys and "encoder.conv1.weight" in keys:
         return "wan_vae"
     if _has_suffix(state_dict, "encoder.block.0.layer.0.SelfAttention.q.weight") or (
@@ -409,12 +412,52 @@ def require_kind(
     )
 
 
+def _is_diffusers_dit(sd: Mapping[str, Any]) -> bool:
+    return "condition_embedder.time_embedder.linear_1.weight" in sd and (
+        "blocks.0.attn1.to_q.weight" in sd
+    )
+
+
+def diffusers_dit_to_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers ``WanTransformer3DModel`` key names -> official Wan names (same tensors).
+
+    The inverse of diffusers' ``convert_wan_transformer_to_diffusers`` for Wan2.1 / 2.2
+    I2V / T2V models (``transformer/diffusion_pytorch_model*.safetensors`` of a
+    ``*-Diffusers`` download).
+    """
+    from .wan_keys import diffusers_to_official
+
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if key == "scale_shift_table":
+            out["head.modulation"] = value
+            continue
+        if key.endswith(".scale_shift_table"):
+            out[key[: -len("scale_shift_table")] + "modulation"] = value
+            continue
+        if key == "condition_embedder.image_embedder.pos_embed":
+            out["img_emb.emb_pos"] = value
+            continue
+        module, _, param = key.rpartition(".")
+        try:
+            out[f"{diffusers_to_official(module)}.{param}"] = value
+        except KeyError as exc:
+            raise CheckpointError(
+                f"diffusers Wan DiT tensor '{key}' has no official counterpart; this variant "
+                "(VACE / Animate / S2V ...) is not supported. Use a Wan2.1 / 2.2 I2V or T2V DiT."
+            ) from exc
+    return out
+
+
 def strip_dit_prefix(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop ``model.diffusion_model.``, ``diffusion_model.`` or ``model.`` from DiT keys.
+    """Official DiT key names: drop ``model.diffusion_model.`` / ``diffusion_model.`` /
+    ``model.``, or rename diffusers keys (:func:`diffusers_dit_to_official`).
 
     Only keys under the prefix that holds the DiT are kept (a ComfyUI all-in-one
-    checkpoint's VAE / text-encoder tensors are dropped). Unprefixed dicts pass unchanged.
+    checkpoint's VAE / text-encoder tensors are dropped). Official dicts pass unchanged.
     """
+    if _is_diffusers_dit(sd):
+        return diffusers_dit_to_official(sd)
     for prefix in DIT_PREFIXES:
         if prefix + "head.modulation" in sd or prefix + "patch_embedding.weight" in sd:
             return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}

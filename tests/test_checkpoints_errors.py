@@ -237,3 +237,37 @@ def test_folder_with_one_model_or_ambiguous(tmp_path) -> None:
     save_file({"y": w}, str(tmp_path / "other.safetensors"))
     with pytest.raises(CheckpointError, match="several model files.*only.safetensors"):
         load_state_dict(tmp_path)
+
+
+def test_diffusers_named_dit_round_trips_to_official() -> None:
+    from diffusers import WanTransformer3DModel
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    from svi_core.checkpoints import strip_dit_prefix
+
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=4,
+        in_channels=36,
+        out_channels=16,
+        text_dim=8,
+        freq_dim=8,
+        ffn_dim=16,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        image_dim=12,
+        added_kv_proj_dim=8,
+    )
+    diff_sd = model.state_dict()
+    assert detect_kind(diff_sd) == "wan_dit"
+    official = strip_dit_prefix(diff_sd)
+    assert "blocks.1.norm3.weight" in official and "head.modulation" in official
+    assert "blocks.0.cross_attn.k_img.weight" in official
+    cfg = inspect_dit(official, {"num_heads": 2})
+    assert (cfg.dim, cfg.image_dim, cfg.model_type, cfg.ffn_dim) == (8, 12, "i2v", 16)
+    back = convert_wan_transformer_to_diffusers(dict(official))
+    assert set(back) == set(diff_sd)
+    assert all(torch.equal(back[k], diff_sd[k]) for k in diff_sd)
