@@ -1,0 +1,207 @@
+"""Drift metrics on synthetic videos whose drift is known by construction."""
+
+from __future__ import annotations
+
+import json
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+from svi_core.drift import (
+    DriftAccumulator,
+    analyse_frames,
+    clip_spans,
+    laplacian_variance,
+    luma,
+    seam_ratio,
+    srgb_to_lab,
+    ssim,
+    vde,
+)
+from svi_core.errors import SVIError
+from svi_core.report import build_report, main
+
+F, M = 9, 1  # clip frames, overlap
+STRIDE = F - M
+
+
+def texture(seed: int, h: int = 32, w: int = 48) -> np.ndarray:
+    """A smooth-plus-detail colour texture in [0, 1], [h, w, 3]."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / 8.0
+    base = rng.uniform(0.3, 0.7, 3)
+    img = base + 0.15 * np.sin(yy + rng.uniform(0, 6))[..., None] * rng.uniform(-1, 1, 3)
+    img = img + 0.1 * ((np.floor(yy * 2) + np.floor(xx * 2)) % 2 - 0.5)[..., None]
+    return np.clip(img, 0, 1)
+
+
+def moving(img: np.ndarray, t: int) -> np.ndarray:
+    """The texture panned by t pixels (so consecutive frames differ a little)."""
+    return np.roll(img, t, axis=1)
+
+
+def u8(x: np.ndarray) -> np.ndarray:
+    return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def video(n_clips: int, frame_fn) -> list[np.ndarray]:
+    total = n_clips * F - (n_clips - 1) * M
+    return [frame_fn(t, min(t // STRIDE, n_clips - 1)) for t in range(total)]
+
+
+def test_lab_matches_published_values():
+    # CIE Lab (D65) of sRGB primaries, as tabulated e.g. by Bruce Lindbloom's calculator
+    lab = srgb_to_lab(np.array([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+    np.testing.assert_allclose(lab[0], [100.0, 0.0, 0.0], atol=0.02)
+    np.testing.assert_allclose(lab[1], [53.24, 80.09, 67.20], atol=0.05)
+    np.testing.assert_allclose(lab[2], [0.0, 0.0, 0.0], atol=1e-9)
+
+
+def test_ssim_properties():
+    a = luma(u8(texture(0)))
+    assert ssim(a, a) == pytest.approx(1.0, abs=1e-6)
+    noisy = np.clip(a + np.random.default_rng(1).normal(0, 0.1, a.shape), 0, 1)
+    s = ssim(a, noisy)
+    assert 0.0 < s < 0.9
+    assert ssim(noisy, a) == pytest.approx(s, abs=1e-6)
+    assert ssim(a, np.clip(a + 0.02 * noisy, 0, 1)) > s  # less noise, more similar
+
+
+def test_laplacian_variance_flat_is_zero_and_edges_count():
+    assert laplacian_variance(np.full((16, 16), 0.5, np.float32)) == 0.0
+    step = np.zeros((16, 16), np.float32)
+    step[:, 8:] = 1.0
+    assert laplacian_variance(step) > 0.05
+
+
+def test_vde_by_hand():
+    # N = 3: weights 2 (clip 2) and 1 (clip 3): 2 * 0.1 + 1 * 0.1
+    assert vde([1.0, 1.1, 0.9]) == pytest.approx(0.3)
+    assert vde([2.0, 2.0, 2.0, 2.0]) == 0.0
+    assert vde([0.0, 0.0]) == 0.0
+    assert vde([0.0, 1.0]) is None
+
+
+def test_clip_spans_both_stitching_rules():
+    total = 3 * 17 - 2 * 5
+    sp = clip_spans(total, 17, 5)
+    assert [(s.start, s.end) for s in sp] == [(0, 12), (12, 24), (24, 41)]
+    total_pro = 17 + 2 * (17 - 5)
+    sp = clip_spans(total_pro, 17, 5, first_clip_whole=True)
+    assert [(s.start, s.end) for s in sp] == [(0, 17), (17, 29), (29, 41)]
+    with pytest.raises(SVIError, match="overlap"):
+        clip_spans(41, 5, 5)
+
+
+def test_darkening_video_brightness_drift_is_linear():
+    tex = texture(2)
+    n = 8
+    frames = video(n, lambda t, k: u8(moving(tex, t) * (1 - 0.01 * k)))
+    rep = analyse_frames(frames, F, M)
+    assert len(rep.clips) == n
+    b = np.array([c.brightness for c in rep.clips])
+    rel = b / b[0]
+    # 1 % darker per clip (up to uint8 rounding)
+    np.testing.assert_allclose(rel, 1 - 0.01 * np.arange(n), atol=0.002)
+    drift = np.array(rep.drift("brightness"))
+    assert np.all(np.diff(drift) < 0)
+    de = np.array(rep.drift("colour"))
+    assert de[0] == 0.0 and np.all(np.diff(de) > 0)
+    assert rep.vde["brightness"] > 0 and rep.vde["colour"] > 0
+    assert all(c.motion > 0 for c in rep.clips)
+
+
+def test_hard_cut_spikes_only_its_seam():
+    a, b = texture(3), texture(4)
+    cut = 3
+    frames = video(6, lambda t, k: u8(moving(a if k < cut else b, t)))
+    rep = analyse_frames(frames, F, M)
+    ratios = {c.index: c.seam_ratio for c in rep.clips if c.seam_ratio is not None}
+    assert ratios[cut] > 5.0
+    assert all(r < 2.0 for k, r in ratios.items() if k != cut)
+
+
+def test_blur_ramp_sharpness_decreases():
+    tex = texture(5)
+
+    def blur(img: np.ndarray, times: int) -> np.ndarray:
+        for _ in range(times):
+            img = (img + np.roll(img, 1, 0) + np.roll(img, -1, 0) + np.roll(img, 1, 1)
+                   + np.roll(img, -1, 1)) / 5.0  # fmt: skip
+        return img
+
+    frames = video(5, lambda t, k: u8(blur(moving(tex, t), k)))
+    rep = analyse_frames(frames, F, M)
+    sharp = [c.sharpness for c in rep.clips]
+    assert all(x > y for x, y in zip(sharp, sharp[1:], strict=False))
+    assert rep.summary()["sharpness_change_last"] < -0.5
+
+
+def test_frozen_video_has_exactly_zero_motion():
+    img = u8(texture(6))
+    frames = video(4, lambda t, k: img)
+    rep = analyse_frames(frames, F, M)
+    assert all(c.motion == 0.0 for c in rep.clips)
+    assert all(c.flicker == 0.0 for c in rep.clips)
+    assert all(c.ssim_anchor == pytest.approx(1.0, abs=1e-6) for c in rep.clips)
+    assert all(c.seam_ratio == pytest.approx(1.0) for c in rep.clips[1:])
+
+
+def test_seam_ratio_frozen_neighbourhood():
+    d = np.zeros(20)
+    d[10] = 0.2
+    assert seam_ratio(d, 10) > 100
+    assert seam_ratio(np.zeros(20), 10) == pytest.approx(1.0)
+
+
+def test_bad_frames_are_refused():
+    acc = DriftAccumulator()
+    with pytest.raises(SVIError, match="uint8"):
+        acc.push(np.zeros((8, 8, 3), np.float32))
+    acc = DriftAccumulator(anchor=np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(SVIError, match="anchor"):
+        acc.push(np.zeros((16, 16, 3), np.uint8))
+
+
+def write_mp4(path, frames):
+    h, w = frames[0].shape[:2]
+    gen = imageio_ffmpeg.write_frames(
+        str(path), (w, h), fps=16, codec="libx264", quality=None,
+        output_params=["-crf", "10", "-pix_fmt", "yuv444p"], macro_block_size=1,
+    )  # fmt: skip
+    gen.send(None)
+    for f in frames:
+        gen.send(np.ascontiguousarray(f))
+    gen.close()
+
+
+def test_report_from_mp4_and_cli(tmp_path):
+    tex = texture(7)
+    n = 5
+    frames = video(n, lambda t, k: u8(moving(tex, t) * (1 - 0.02 * k)))
+    vid = tmp_path / "v.mp4"
+    write_mp4(vid, frames)
+    res = build_report(str(vid), str(tmp_path / "rep"), F, M)
+    data = json.loads(open(res.json_path).read())
+    assert data["frames"] == len(frames)
+    assert len(data["clips"]) == n
+    assert (tmp_path / "rep" / "report.png").stat().st_size > 1000
+    b = [c["brightness"] for c in data["clips"]]
+    assert all(x > y for x, y in zip(b, b[1:], strict=False))
+    assert res.summary["colour_delta_e_last"] > 0.5
+
+    # --run: spans from a run manifest (frames_kept / tail_frames per clip)
+    run = tmp_path / "run"
+    run.mkdir()
+    clips = [
+        {"frames_kept": STRIDE, "tail_frames": M if i == n - 1 else 0, "index": i} for i in range(n)
+    ]
+    (run / "manifest.json").write_text(
+        json.dumps({"settings": {"frames": F, "motion_frames": M}, "clips": clips})
+    )
+    assert main([str(vid), "--out", str(tmp_path / "rep2"), "--run", str(run), "--no-plot"]) == 0
+    data2 = json.loads((tmp_path / "rep2" / "report.json").read_text())
+    assert [c["start"] for c in data2["clips"]] == [c["start"] for c in data["clips"]]
+    assert main([str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "r3"), "--clip-frames",
+                 "9", "--overlap", "1"]) == 2  # fmt: skip
