@@ -131,3 +131,21 @@ def split_prompt_text(text: str, source: str = "SVI Prompt Stream text") -> list
     if not prompts:
         raise SVIError(f"{source}: no prompt found; write one prompt per paragraph or line")
     return prompts
+
+
+def reference_from_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """The first frame of a ComfyUI IMAGE as the reference: uint8 ``[height, width, 3]``.
+
+    ``image``: ``[B, H, W, C]`` in [0, 1]. Rounded to uint8 (an image loaded from a file comes
+    back exactly), then stretched to ``width x height`` with PIL bicubic, never cropped (the
+    official preprocessing).
+    """
+    import numpy as np
+    from PIL import Image
+
+    px = image_to_pixels(image[:1])  # validates the layout
+    u8 = ((px[0, :, 0].permute(1, 2, 0) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    if tuple(u8.shape[:2]) == (height, width):
+        return u8.contiguous()
+    pil = Image.fromarray(u8.numpy()).resize((width, height), Image.BICUBIC)
+    return torch.from_numpy(np.array(pil, dtype=np.uint8).copy())

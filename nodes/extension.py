@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .clip_conditioning import SVIClipConditioning
 from .loaders import SVILoraLoader, SVIModelLoader
 from .prompts import SVIPromptStream
+from .sampler import SVIInfiniteSampler
 
-NODE_CLASSES: list[type[io.ComfyNode]] = [SVIModelLoader, SVILoraLoader, SVIPromptStream]
+NODE_CLASSES: list[type[io.ComfyNode]] = [
+    SVIModelLoader,
+    SVILoraLoader,
+    SVIPromptStream,
+    SVIInfiniteSampler,
+    SVIClipConditioning,
+]
 
 
 class SVIExtension(ComfyExtension):

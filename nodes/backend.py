@@ -1,0 +1,201 @@
+"""ComfyBackend: the ``svi_core.backend.Backend`` protocol over ComfyUI's own models.
+
+The clip loop (``svi_core.loop``) hands this backend NORMALISED latents and pixels in [-1, 1];
+ComfyUI's VAE works on RAW latents and IMAGE ``[F, H, W, 3]`` in [0, 1], and its Wan model
+normalises ``concat_latent_image`` itself and reads ``concat_mask`` inverted. All of those
+conversions happen here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import node_helpers
+import torch
+from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+from ..svi_core.backend import ClipRequest, StepCallback
+from ..svi_core.errors import Cancelled, SVIError
+from ..svi_core.latents import denormalise, normalise
+from .convert import frame_to_image, image_to_pixels, official_mask_to_comfy, pixels_to_image
+
+
+def with_shift(model: Any, shift: float) -> Any:
+    """A clone of ``model`` sampling with flow shift ``shift`` (what ModelSamplingSD3 does)."""
+    return ModelSamplingSD3().patch(model, shift)[0]
+
+
+def expert_switch(sigmas: torch.Tensor, boundary: float | None) -> int:
+    """First step index whose sigma (= t / 1000) is below ``boundary``: the low-noise expert
+    runs from there on. ``len(sigmas) - 1`` (all steps high) when ``boundary`` is None."""
+    steps = len(sigmas) - 1
+    if boundary is None:
+        return steps
+    for i in range(steps):
+        if float(sigmas[i]) < boundary:
+            return i
+    return steps
+
+
+def image_condition(
+    conditioning: list, cond_latent: torch.Tensor, mask: torch.Tensor, clip_vision: Any
+) -> list:
+    """``conditioning`` with one clip's image condition in ComfyUI's convention.
+
+    ``cond_latent``: NORMALISED ``[1, 16, T, h, w]``; ``mask``: official ``[1, 4, T, h, w]``
+    (1 = given). Sets ``concat_latent_image``: the RAW latent (the model normalises it);
+    ``concat_mask``: ``1 - mask`` (0 marks a given frame); ``clip_vision_output`` when the
+    clip has a CLIP-vision feature.
+    """
+    values: dict[str, Any] = {
+        "concat_latent_image": denormalise(cond_latent.float()),
+        "concat_mask": official_mask_to_comfy(mask),
+    }
+    if clip_vision is not None:
+        values["clip_vision_output"] = clip_vision
+    return node_helpers.conditioning_set_values(conditioning, values)
+
+
+class ComfyBackend:
+    """Encode, decode and denoise one clip with ComfyUI models.
+
+    Args:
+        model: MODEL (the only model, or the high-noise Wan2.2 expert).
+        vae: ComfyUI VAE (Wan2.1 VAE).
+        clip_vision: CLIP_VISION or None (Wan2.2 experts take no CLIP-vision feature).
+        low_noise_model: the Wan2.2 low-noise expert, or None.
+        sampler_name, scheduler: ComfyUI sampler and scheduler names (official: euler, simple).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        vae: Any,
+        clip_vision: Any = None,
+        low_noise_model: Any = None,
+        sampler_name: str = "euler",
+        scheduler: str = "simple",
+    ) -> None:
+        self.model = model
+        self.vae = vae
+        self.clip_vision = clip_vision
+        self.low_noise_model = low_noise_model
+        self.sampler_name = sampler_name
+        self.scheduler = scheduler
+        self._shifted: dict[tuple[int, float], Any] = {}
+
+    # ----- VAE -------------------------------------------------------------------------
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels ``[1, 3, F, H, W]`` in [-1, 1] -> NORMALISED latent ``[1, 16, T, H/8, W/8]``."""
+        raw = self.vae.encode(pixels_to_image(pixels))
+        return normalise(raw.float().cpu())
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """NORMALISED latent ``[1, 16, T, h, w]`` -> pixels ``[1, 3, F, 8h, 8w]`` in [-1, 1]."""
+        images = self.vae.decode(denormalise(latent.float()))
+        images = images.reshape(-1, *images.shape[-3:]).float().cpu()
+        return image_to_pixels(images).clamp(-1.0, 1.0)
+
+    def encode_clip_vision(self, image: torch.Tensor) -> Any:
+        """Frame ``[1, 3, H, W]`` in [-1, 1] -> ComfyUI CLIP_VISION_OUTPUT (whole frame resized
+        to the encoder size, no crop), or None without a CLIP-vision model."""
+        if self.clip_vision is None:
+            return None
+        return self.clip_vision.encode_image(frame_to_image(image), crop=False)
+
+    # ----- sampling ----------------------------------------------------------------------
+
+    def _shift(self, model: Any, shift: float) -> Any:
+        key = (id(model), float(shift))
+        if key not in self._shifted:
+            self._shifted[key] = with_shift(model, shift)
+        return self._shifted[key]
+
+    def denoise(self, request: ClipRequest, on_step: StepCallback | None = None) -> torch.Tensor:
+        """Sample one clip; returns its denoised NORMALISED latent ``[1, 16, T, h, w]``.
+
+        Two experts are split at ``request.boundary`` like KSamplerAdvanced: the high-noise
+        model runs steps ``[0, switch)`` and returns with leftover noise, the low-noise model
+        continues from step ``switch`` without adding noise.
+        """
+        high = self._shift(self.model, request.shift)
+        low = None
+        if self.low_noise_model is not None and request.boundary is not None:
+            low = self._shift(self.low_noise_model, request.shift)
+        image = (request.cond_latent, request.mask, request.clip_vision)
+        positive = image_condition(request.positive, *image)
+        negative = image_condition(request.negative, *image)
+        noise = request.noise.float()
+        empty = torch.zeros_like(noise)
+        steps = request.steps
+        switch = steps
+        if low is not None:
+            sigmas = comfy.samplers.calculate_sigmas(
+                high.get_model_object("model_sampling"), self.scheduler, steps
+            )
+            switch = expert_switch(sigmas.cpu(), request.boundary)
+
+        def callback(offset: int) -> Callable[..., None]:
+            def cb(step: int, _x0: Any, _x: Any, _total: int) -> None:
+                try:
+                    comfy.model_management.throw_exception_if_processing_interrupted()
+                except comfy.model_management.InterruptProcessingException:
+                    raise Cancelled("interrupted by the user") from None
+                if on_step is not None:
+                    on_step(offset + step + 1, steps)
+
+            return cb
+
+        common = dict(
+            steps=steps,
+            cfg=request.cfg,
+            sampler_name=self.sampler_name,
+            scheduler=self.scheduler,
+            positive=positive,
+            negative=negative,
+            disable_pbar=True,
+            seed=request.seed,
+        )
+        try:
+            if switch >= steps or low is None:
+                out = comfy.sample.sample(
+                    high, noise, latent_image=empty, callback=callback(0), **common
+                )
+            elif switch == 0:
+                out = comfy.sample.sample(
+                    low, noise, latent_image=empty, callback=callback(0), **common
+                )
+            else:
+                mid = comfy.sample.sample(
+                    high,
+                    noise,
+                    latent_image=empty,
+                    start_step=0,
+                    last_step=switch,
+                    force_full_denoise=False,
+                    callback=callback(0),
+                    **common,
+                )
+                out = comfy.sample.sample(
+                    low,
+                    torch.zeros_like(noise),
+                    latent_image=mid,
+                    disable_noise=True,
+                    start_step=switch,
+                    last_step=steps,
+                    force_full_denoise=True,
+                    callback=callback(switch),
+                    **common,
+                )
+        except comfy.model_management.InterruptProcessingException:
+            raise Cancelled("interrupted by the user") from None
+        if out.shape != noise.shape:
+            raise SVIError(
+                f"ComfyUI returned a latent {tuple(out.shape)}; expected {tuple(noise.shape)}"
+            )
+        return normalise(out.float().cpu())

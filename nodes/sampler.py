@@ -1,0 +1,356 @@
+"""SVI Infinite Sampler: one node runs the whole clip loop with ComfyUI's models.
+
+The loop itself is ``svi_core.loop.run_clips``; this node validates the inputs against the
+mode, builds a :class:`~.backend.ComfyBackend`, streams the clips to
+``<output>/svi/<run name>/`` (resumable with the same run name), reports one progress bar over
+clips x steps, and returns the file-backed VIDEO, the last clip's LATENT and its last frames.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import comfy.model_management
+import comfy.samplers
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import InputImpl, io, ui
+
+from ..svi_core.conditioning import reference_size
+from ..svi_core.errors import Cancelled, RunStoreError, SVIError
+from ..svi_core.latents import denormalise
+from ..svi_core.log import logger
+from ..svi_core.loop import LoopInputs, RunSettings, run_clips
+from ..svi_core.modes import ModeConfig, get_mode, mode_names
+from ..svi_core.run_store import RunStore, input_fingerprints, sha256_json
+from ..svi_core.video_io import read_last_frames
+from .backend import ComfyBackend
+from .convert import reference_from_image, run_directory, sanitise_run_name
+from .prompts import EncodedPrompts, SVIPrompts
+
+EXISTING_RUN = ("resume or new", "resume", "new")
+MAX_SIZE = 4096
+
+
+def check_models(mode: ModeConfig, model: Any, low_noise_model: Any, clip_vision: Any) -> None:
+    """Refuse a model set that cannot run ``mode`` (before any work), saying what to connect."""
+    for name, m in (("model", model), ("low_noise_model", low_noise_model)):
+        if m is None:
+            continue
+        dit = getattr(getattr(m, "model", None), "diffusion_model", None)
+        embed = getattr(dit, "patch_embedding", None)
+        if embed is None:
+            raise SVIError(f"{name} is not a Wan DiT; connect a Wan I2V diffusion model")
+        if embed.weight.shape[1] != 36:
+            raise SVIError(
+                f"{name} takes {embed.weight.shape[1]} input channels; SVI needs a Wan "
+                "image-to-video DiT (36 channels: Wan2.1 I2V 14B or Wan2.2 I2V A14B)"
+            )
+        has_img_emb = getattr(dit, "img_emb", None) is not None
+        if mode.model == "wan2.1" and not has_img_emb:
+            raise SVIError(
+                f"mode {mode.name!r} is a Wan2.1 mode but {name} has no image embedding (a "
+                "Wan2.2 expert?); use Wan2.1 I2V 14B, or pick v2_pro / v2_w22 for Wan2.2"
+            )
+        if mode.model == "wan2.2" and has_img_emb:
+            raise SVIError(
+                f"mode {mode.name!r} is a Wan2.2 mode but {name} is a Wan2.1 I2V DiT; pick a "
+                "Wan2.1 mode (shot, film, tom, v2) or load the Wan2.2 A14B experts"
+            )
+    if mode.model == "wan2.1":
+        if clip_vision is None:
+            raise SVIError(
+                f"mode {mode.name!r} (Wan2.1) needs CLIP vision: connect Load CLIP Vision "
+                "(clip_vision_h.safetensors) to clip_vision"
+            )
+        if low_noise_model is not None:
+            raise SVIError(
+                f"mode {mode.name!r} (Wan2.1) uses one model; disconnect low_noise_model"
+            )
+    elif low_noise_model is None:
+        raise SVIError(
+            f"mode {mode.name!r} (Wan2.2 A14B) needs both experts: connect the high-noise model "
+            "to model and the low-noise model to low_noise_model"
+        )
+
+
+def pick_run_dir(
+    root: str, run_name: str, policy: str, settings: RunSettings, fingerprints: dict
+) -> str:
+    """The run directory for ``run_name`` under ``policy`` (see ``EXISTING_RUN``).
+
+    ``resume``: reuse it (RunStoreError if it holds another run); ``new``: the first free
+    ``<name>_NNN``; ``resume or new``: reuse it when the settings and inputs match, else the
+    first ``<name>_NNN`` that matches or is free.
+    """
+    if policy not in EXISTING_RUN:
+        raise SVIError(f"on_existing_run {policy!r} must be one of {', '.join(EXISTING_RUN)}")
+    base = sanitise_run_name(run_name)
+    for n in range(0, 1000):
+        name = base if n == 0 else f"{base}_{n:03d}"
+        path = run_directory(root, name)
+        exists = os.path.isdir(path) and bool(os.listdir(path))
+        if policy == "new" and exists:
+            continue
+        try:
+            RunStore.open(path, settings.identity(), fingerprints)
+            return path
+        except RunStoreError:
+            if policy == "resume":
+                raise
+    raise SVIError(f"run name {base!r}: 1000 runs of that name exist; pick another run name")
+
+
+def _settings(kwargs: dict[str, Any], prompts: EncodedPrompts, image: torch.Tensor):
+    mode = get_mode(
+        kwargs["mode"],
+        frames=kwargs["frames"],
+        steps=kwargs["steps"],
+        cfg=kwargs["cfg"],
+        shift=kwargs["shift"],
+        seed_base=kwargs["seed"],
+        seed_stride=kwargs["seed_stride"],
+        fps=kwargs["fps"],
+        **({"boundary": kwargs["boundary"]} if get_mode(kwargs["mode"]).boundary else {}),
+    )
+    width, height = kwargs["width"], kwargs["height"]
+    if width == 0 or height == 0:
+        width, height = reference_size(mode, int(image.shape[2]), int(image.shape[1]))
+    clips = kwargs["clips"] or mode.clip_count(len(prompts.texts))
+    return RunSettings(mode=mode, width=width, height=height, num_clips=clips)
+
+
+class SVIInfiniteSampler(io.ComfyNode):
+    """Generates a video of any length, clip by clip, streamed to disk and resumable."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SVIInfiniteSampler",
+            display_name="SVI Infinite Sampler",
+            category="SVI/sampling",
+            description=(
+                "Runs the whole SVI clip loop: each clip is conditioned on the end of the "
+                "previous one per the mode, sampled, decoded and streamed to "
+                "output/svi/<run name>/. Re-queue with the same run name to resume or extend."
+            ),
+            inputs=[
+                io.Model.Input(
+                    "model", tooltip="Wan DiT with its SVI LoRA (Wan2.2: the high-noise expert)."
+                ),
+                io.Vae.Input("vae", tooltip="The Wan2.1 VAE (wan_2.1_vae.safetensors)."),
+                SVIPrompts.Input("prompt_stream", tooltip="Prompts from SVI Prompt Stream."),
+                io.Image.Input(
+                    "reference_image", tooltip="The start image; stretched to width x height."
+                ),
+                io.Combo.Input(
+                    "mode",
+                    options=mode_names(),
+                    default="film",
+                    tooltip="SVI preset: shot/film/tom/v2 on Wan2.1 I2V 14B; v2_w22/v2_pro on "
+                    "Wan2.2 I2V A14B (two experts). Must match the LoRA.",
+                ),
+                io.Int.Input(
+                    "clips",
+                    default=0,
+                    min=0,
+                    max=10000,
+                    tooltip="Clips to generate; 0 = the mode's default count.",
+                ),
+                io.Int.Input(
+                    "frames",
+                    default=81,
+                    min=5,
+                    max=1001,
+                    step=4,
+                    tooltip="Frames per clip, 4k + 1 (81 official).",
+                ),
+                io.Int.Input(
+                    "width",
+                    default=832,
+                    min=0,
+                    max=MAX_SIZE,
+                    step=16,
+                    tooltip="Video width, a multiple of 16; 0 = from the image per the mode (Wan2.1: keep up to 832).",
+                ),
+                io.Int.Input(
+                    "height",
+                    default=480,
+                    min=0,
+                    max=MAX_SIZE,
+                    step=16,
+                    tooltip="Video height, a multiple of 16; 0 = from the image per the mode.",
+                ),
+                io.Int.Input(
+                    "steps",
+                    default=50,
+                    min=1,
+                    max=1000,
+                    tooltip="Sampling steps per clip (50 official; 4-8 with a LightX2V LoRA).",
+                ),
+                io.Float.Input(
+                    "cfg",
+                    default=5.0,
+                    min=1.0,
+                    max=30.0,
+                    step=0.1,
+                    round=0.01,
+                    tooltip="Classifier-free guidance (5 official; 1 = one pass).",
+                ),
+                io.Combo.Input(
+                    "sampler_name",
+                    options=comfy.samplers.KSampler.SAMPLERS,
+                    default="euler",
+                    tooltip="ComfyUI sampler (euler = the official flow Euler).",
+                ),
+                io.Combo.Input(
+                    "scheduler",
+                    options=comfy.samplers.KSampler.SCHEDULERS,
+                    default="simple",
+                    tooltip="ComfyUI scheduler (simple = the official linear schedule).",
+                ),
+                io.Float.Input(
+                    "shift",
+                    default=5.0,
+                    min=0.1,
+                    max=100.0,
+                    step=0.1,
+                    tooltip="Flow shift (SVI: 5; ComfyUI's Wan default is 8).",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
+                    tooltip="Seed of clip 0; clip k uses seed + k * seed_stride.",
+                ),
+                io.Int.Input(
+                    "seed_stride",
+                    default=42,
+                    min=0,
+                    max=1000000,
+                    tooltip="Seed step between clips (official 42); never 0 unless you want repeated noise.",
+                ),
+                io.Float.Input(
+                    "fps",
+                    default=16.0,
+                    min=1.0,
+                    max=120.0,
+                    step=1.0,
+                    tooltip="Frame rate of the saved video (official 24 on Wan2.1, 15 on Wan2.2).",
+                ),
+                io.String.Input(
+                    "run_name",
+                    default="svi_run",
+                    tooltip="Folder under output/svi/ for this run's clips; the same name resumes.",
+                ),
+                io.Combo.Input(
+                    "on_existing_run",
+                    options=list(EXISTING_RUN),
+                    default="resume or new",
+                    tooltip="resume: continue the run of this name (error if settings differ); "
+                    "new: always a fresh numbered run; resume or new: resume when the settings "
+                    "match, else a fresh numbered run.",
+                ),
+                io.Model.Input(
+                    "low_noise_model",
+                    optional=True,
+                    tooltip="Wan2.2 only: the low-noise expert with its SVI LoRA.",
+                ),
+                io.Float.Input(
+                    "boundary",
+                    default=0.875,
+                    min=0.0,
+                    max=1.0,
+                    step=0.005,
+                    optional=True,
+                    tooltip="Wan2.2: the high-noise expert runs while t >= boundary x 1000 (0.875 for I2V A14B).",
+                ),
+                io.ClipVision.Input(
+                    "clip_vision",
+                    optional=True,
+                    tooltip="Wan2.1 modes: CLIP vision H (clip_vision_h.safetensors); unused on Wan2.2.",
+                ),
+            ],
+            outputs=[
+                io.Video.Output(
+                    "video", tooltip="The stitched video (mp4 in output/svi/<run name>/)."
+                ),
+                io.Latent.Output("last_latent", tooltip="The last clip's denoised latent."),
+                io.Image.Output(
+                    "last_frames",
+                    tooltip="The last frames of the video (the motion frames a continuation needs).",
+                ),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, **kw: Any) -> io.NodeOutput:
+        prompts: EncodedPrompts = kw["prompt_stream"]
+        image: torch.Tensor = kw["reference_image"]
+        settings = _settings(kw, prompts, image)
+        settings.validate()
+        mode = settings.mode
+        check_models(mode, kw["model"], kw.get("low_noise_model"), kw.get("clip_vision"))
+        reference = reference_from_image(image, settings.width, settings.height)
+        neg_text, negative = prompts.negative_for(mode)
+        fingerprints = {
+            "prompts": sha256_json([list(prompts.texts), prompts.repeat]),
+            "negative": sha256_json(neg_text),
+            "sampler": sha256_json([kw["sampler_name"], kw["scheduler"]]),
+        }
+        extra = input_fingerprints(reference, prompts.texts, fingerprints)
+        run_dir = pick_run_dir(
+            folder_paths.get_output_directory(),
+            kw["run_name"],
+            kw["on_existing_run"],
+            settings,
+            extra,
+        )
+        done = RunStore.open(run_dir, settings.identity(), extra).clips_done
+        name = os.path.basename(run_dir)
+        video_path = os.path.join(run_dir, f"{name}.mp4")
+        total = max(0, settings.num_clips - done) * mode.steps
+        bar = comfy.utils.ProgressBar(max(total, 1))
+        first = done
+
+        def on_step(clip: int, step: int, steps: int) -> None:
+            bar.update_absolute((clip - first) * steps + step, total)
+
+        backend = ComfyBackend(
+            kw["model"],
+            kw["vae"],
+            clip_vision=kw.get("clip_vision") if mode.clip_vision else None,
+            low_noise_model=kw.get("low_noise_model"),
+            sampler_name=kw["sampler_name"],
+            scheduler=kw["scheduler"],
+        )
+        inputs = LoopInputs(
+            reference=reference,
+            prompts=list(prompts.positives),
+            negative=negative,
+            fingerprints=fingerprints,
+        )
+        logger.info(
+            "SVI run %s: %d clips (%d done), mode %s", run_dir, settings.num_clips, done, mode.name
+        )
+        try:
+            result = run_clips(
+                backend, settings, inputs, run_dir, output=video_path, on_step=on_step
+            )
+        except Cancelled:
+            raise comfy.model_management.InterruptProcessingException() from None
+        last = RunStore.open(run_dir, settings.identity(), extra).load_state(settings.num_clips - 1)
+        count = max(1, mode.motion_frames, mode.overlap_frames)
+        frames = torch.from_numpy(read_last_frames(result.video, count)).float() / 255.0
+        latent = {"samples": denormalise(last["latent"].float())}
+        video = InputImpl.VideoFromFile(str(result.video))
+        subfolder = os.path.relpath(run_dir, folder_paths.get_output_directory())
+        preview = ui.PreviewVideo(
+            [ui.SavedResult(os.path.basename(video_path), subfolder, io.FolderType.output)]
+        )
+        return io.NodeOutput(video, latent, frames, ui=preview)
