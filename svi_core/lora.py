@@ -303,22 +303,44 @@ def load_lora(path: str | os.PathLike[str]) -> LoraWeights:
 def official_target_shapes_from_state_dict(
     sd: Mapping[str, torch.Tensor],
 ) -> dict[str, tuple[int, ...]]:
-    """Official module path -> weight shape, from an official-named (or prefixed) DiT dict."""
-    sd = strip_dit_prefix(sd)
-    return {k[: -len(".weight")]: tuple(v.shape) for k, v in sd.items() if k.endswith(".weight")}
+    """Official module path -> weight shape, from an official-named (or prefixed) DiT dict.
+
+    ``blocks.0.self_attn.q.weight`` gives ``blocks.0.self_attn.q``; a bare parameter such as
+    ``blocks.0.modulation`` (patched by ``.diff`` entries) is its own path.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for k, v in strip_dit_prefix(sd).items():
+        if k.endswith(".weight"):
+            shapes[k[: -len(".weight")]] = tuple(v.shape)
+        elif not k.endswith(".bias"):
+            shapes[k] = tuple(v.shape)
+    return shapes
+
+
+def _diffusers_params(
+    model: torch.nn.Module,
+) -> dict[str, tuple[torch.nn.Parameter, torch.nn.Parameter | None]]:
+    """Official module path -> (weight-like parameter, bias or None) of a diffusers Wan DiT."""
+    params = dict(model.named_parameters())
+    out: dict[str, tuple[torch.nn.Parameter, torch.nn.Parameter | None]] = {}
+    for name, param in params.items():
+        if name.endswith(".weight"):
+            module = name[: -len(".weight")]
+            try:
+                official = diffusers_to_official(module)
+            except KeyError:
+                continue
+            out[official] = (param, params.get(module + ".bias"))
+        elif name == "scale_shift_table":
+            out["head.modulation"] = (param, None)
+        elif name.endswith(".scale_shift_table"):
+            out[name[: -len("scale_shift_table")] + "modulation"] = (param, None)
+    return out
 
 
 def diffusers_target_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     """Official module path -> weight shape, for a diffusers ``WanTransformer3DModel``."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for name, param in model.named_parameters():
-        if not name.endswith(".weight"):
-            continue
-        try:
-            shapes[diffusers_to_official(name[: -len(".weight")])] = tuple(param.shape)
-        except KeyError:
-            continue
-    return shapes
+    return {k: tuple(w.shape) for k, (w, _) in _diffusers_params(model).items()}
 
 
 def validate_lora(
@@ -405,16 +427,14 @@ def lora_delta(
         a = entry.lora_a.to(torch.float32).flatten(1)
         b = entry.lora_b.to(torch.float32).flatten(1)
         delta = (b @ a) * entry.scale(strength)
+        shape = weight_shape or (tuple(entry.lora_b.shape[:1]) + tuple(entry.lora_a.shape[1:]))
+        delta = delta.reshape(shape)
     if entry.diff is not None:
         d = entry.diff.to(torch.float32) * float(strength)
-        delta = d.flatten(1) if delta is None else delta + d.flatten(1)
-        if weight_shape is None:
-            weight_shape = tuple(entry.diff.shape)
+        delta = d if delta is None else delta + d.reshape(delta.shape)
     if delta is None:
         raise ValueError("this LoRA entry has no weight change (only diff_b)")
-    if weight_shape is not None:
-        delta = delta.reshape(weight_shape)
-    return delta
+    return delta if weight_shape is None else delta.reshape(weight_shape)
 
 
 def lora_bias_delta(entry: LoraEntry, strength: float) -> torch.Tensor | None:
@@ -432,13 +452,16 @@ def apply_lora_to_diffusers(
     is computed in float32 and added to each weight in its own dtype. Merging into fp8
     weights loses most of the delta: a warning says so; load the DiT in bf16/fp32 instead.
     """
-    validate_lora(lora, diffusers_target_shapes(model), model_name="the DiT")
-    from .wan_keys import official_to_diffusers
-
-    modules = dict(model.named_modules())
+    targets = _diffusers_params(model)
+    validate_lora(lora, {k: tuple(w.shape) for k, (w, _) in targets.items()}, model_name="the DiT")
     for module, entry in lora.entries.items():
-        layer = modules[official_to_diffusers(module)]
-        weight = layer.weight
+        if entry.diff_b is not None and targets[module][1] is None:
+            raise CheckpointError(
+                f"LoRA file '{lora.source}': '{lora.source_keys.get(module, module)}' patches "
+                f"a bias, but layer '{module}' of the DiT has none. The LoRA is for another model."
+            )
+    for module, entry in lora.entries.items():
+        weight, bias = targets[module]
         if weight.dtype in FP8_DTYPES:
             logger.warning(
                 "merging LoRA '%s' into fp8 weights of '%s' destroys most of the LoRA; load "
@@ -450,8 +473,7 @@ def apply_lora_to_diffusers(
             delta = lora_delta(entry, strength, tuple(weight.shape))
             weight.copy_((weight.to(torch.float32) + delta.to(weight.device)).to(weight.dtype))
         bias_delta = lora_bias_delta(entry, strength)
-        if bias_delta is not None and getattr(layer, "bias", None) is not None:
-            bias = layer.bias
+        if bias_delta is not None and bias is not None:
             bias.copy_((bias.to(torch.float32) + bias_delta.to(bias.device)).to(bias.dtype))
     logger.info(
         "merged LoRA '%s' (%d layers, rank %d) at strength %g",

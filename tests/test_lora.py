@@ -170,7 +170,11 @@ def test_official_target_shapes_strip_prefix() -> None:
         "model.diffusion_model.head.modulation": torch.zeros(1, 2, 4),
     }
     shapes = official_target_shapes_from_state_dict(sd)
-    assert shapes == {"patch_embedding": (4, 3, 1, 2, 2), "blocks.0.self_attn.q": (4, 4)}
+    assert shapes == {
+        "patch_embedding": (4, 3, 1, 2, 2),
+        "blocks.0.self_attn.q": (4, 4),
+        "head.modulation": (1, 2, 4),
+    }
 
 
 def test_apply_to_diffusers_changes_exactly_the_targets() -> None:
@@ -209,3 +213,47 @@ def test_apply_to_diffusers_changes_exactly_the_targets() -> None:
         after["blocks.1.ffn.net.0.proj.weight"],
         before["blocks.1.ffn.net.0.proj.weight"] + 0.5 * b @ a,
     )
+
+
+def test_diff_patches_for_norms_biases_and_modulation() -> None:
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=4,
+        in_channels=4,
+        out_channels=4,
+        text_dim=8,
+        freq_dim=8,
+        ffn_dim=FFN,
+        num_layers=1,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(2)
+    sd = {  # LightX2V-style full differences
+        "diffusion_model.blocks.0.norm3.diff": torch.randn(DIM, generator=g),
+        "diffusion_model.blocks.0.norm3.diff_b": torch.randn(DIM, generator=g),
+        "diffusion_model.blocks.0.self_attn.norm_q.diff": torch.randn(DIM, generator=g),
+        "diffusion_model.blocks.0.modulation.diff": torch.randn(1, 6, DIM, generator=g),
+        "diffusion_model.head.head.diff_b": torch.randn(16, generator=g),
+    }
+    lora = normalise_lora_keys(sd, "lightx2v.safetensors")
+    assert apply_lora_to_diffusers(model, lora, 0.5) == 4
+    after = model.state_dict()
+    pairs = {
+        "blocks.0.norm2.weight": "blocks.0.norm3.diff",
+        "blocks.0.norm2.bias": "blocks.0.norm3.diff_b",
+        "blocks.0.attn1.norm_q.weight": "blocks.0.self_attn.norm_q.diff",
+        "blocks.0.scale_shift_table": "blocks.0.modulation.diff",
+        "proj_out.bias": "head.head.diff_b",
+    }
+    for diffusers_key, lora_key in pairs.items():
+        torch.testing.assert_close(
+            after[diffusers_key], before[diffusers_key] + 0.5 * sd["diffusion_model." + lora_key]
+        )
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed == set(pairs)
