@@ -61,6 +61,9 @@ SPELLINGS = {
         f"lora_unet__{m.replace('.', '_')}.lora_{'down' if p == 'A' else 'up'}.weight"
     ),
     "diffusers": lambda m, p: f"transformer.{DIFFUSERS_NAMES[m]}.lora_{p}.weight",
+    "diffusion_model_down_up": lambda m, p: (
+        f"diffusion_model.{m}.lora_{'down' if p == 'A' else 'up'}.weight"
+    ),
 }
 
 
