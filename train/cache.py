@@ -290,7 +290,8 @@ def build_cache(
 
 def _factory_id(config: TrainConfig) -> str:
     ids = []
-    for p in (config.vae_path, config.text_encoder_path, config.clip_vision_path):
+    paths = (config.vae_path, config.text_encoder_path, config.text_embeddings)
+    for p in paths + (config.clip_vision_path, config.context_file):
         ids.append(file_fingerprint(p) if p and Path(p).exists() else p)
     return "|".join(ids)
 

@@ -42,6 +42,11 @@ class TrainConfig:
     10 draws). ``context_file``: a safetensors file with ``context`` ``[L, D]`` (and optional
     ``clip_fea`` ``[257, C]``) used for every sample instead of the text / CLIP encoders.
 
+    Models (only needed to fill the cache, except the DiT): ``dit_path``, ``vae_path``,
+    ``text_encoder_path`` (UMT5) with ``tokenizer_path`` (default: ``google/umt5-xxl`` next to
+    it), or ``text_embeddings`` (a file of precomputed captions, svi_core's
+    ``save_text_embeddings`` format), ``clip_vision_path`` (ViT-H; unset = no CLIP feature).
+
     ERFT: ``erft_enabled`` False trains a plain LoRA (no banks, no injection). Injection
     probabilities ``noise_prob``/``latent_prob``/``condition_prob``, ``clean_prob`` (no
     injection; banks then update with ``clean_bank_update_prob``), ``bank_cells`` timestep
@@ -74,6 +79,8 @@ class TrainConfig:
     dit_path: str = ""
     vae_path: str = ""
     text_encoder_path: str = ""
+    tokenizer_path: str = ""
+    text_embeddings: str = ""
     clip_vision_path: str = ""
     # LoRA
     lora_rank: int = 128
@@ -168,6 +175,8 @@ RUN_ONLY_FIELDS = frozenset(
         "dit_path",
         "vae_path",
         "text_encoder_path",
+        "tokenizer_path",
+        "text_embeddings",
         "clip_vision_path",
     }
 )

@@ -129,6 +129,7 @@ def train(config: TrainConfig, models: TrainModels | None = None) -> Path:
         model.enable_gradient_checkpointing()
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
+    use_clip = _check_clip(model, load_sample(cache, samples[0]))
     runner = _wrap_distributed(model, config, device, world)
 
     # ---- 3. optimizer -------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def train(config: TrainConfig, models: TrainModels | None = None) -> Path:
         entry = _pick(by_video, videos, config.seed, step * world + rank)
         sample = load_sample(cache, entry)
         loss, mse, info = erft_step(
-            runner, sample, config, schedule, banks, probs, gen, rng, device, dtype, step
+            runner, sample, config, schedule, banks, probs, gen, rng, device, dtype, use_clip
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -239,7 +240,7 @@ def erft_step(
     rng: random.Random,
     device: torch.device,
     dtype: torch.dtype,
-    step: int,
+    use_clip: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, StepInfo]:
     """Forward of one (ERFT) step; returns (weighted loss, unweighted MSE, info).
 
@@ -267,7 +268,7 @@ def erft_step(
         hidden_states=torch.cat([x_t, y], dim=1),
         timestep=torch.tensor([td.t], dtype=torch.float32, device=device),
         encoder_hidden_states=sample.context.to(device, dtype),
-        encoder_hidden_states_image=None if sample.clip is None else sample.clip.to(device, dtype),
+        encoder_hidden_states_image=sample.clip.to(device, dtype) if use_clip else None,
         return_dict=False,
     )[0]
     loss = weighted_mse(pred, target, td.weight)
@@ -351,6 +352,20 @@ def add_lora(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
     return model
 
 
+def _check_clip(model: torch.nn.Module, sample: TrainSample) -> bool:
+    """Whether to feed CLIP features: the DiT has an image embedding (Wan2.1 I2V). Raises
+    when it has one but the cache holds no CLIP feature."""
+    embedder = getattr(getattr(model, "condition_embedder", None), "image_embedder", None)
+    if embedder is None:
+        return False
+    if sample.clip is None:
+        raise SVIError(
+            "the DiT takes a CLIP-vision feature (Wan2.1 I2V img_emb) but the cache has none: "
+            "set `clip_vision_path` (or `clip_fea` in `context_file`)"
+        )
+    return True
+
+
 def _wrap_distributed(
     model: torch.nn.Module, config: TrainConfig, device: torch.device, world: int
 ) -> torch.nn.Module:
@@ -375,41 +390,64 @@ def _load_dit(config: TrainConfig) -> torch.nn.Module:
         raise SVIError("no DiT: set `dit_path` to the Wan2.1 I2V DiT (safetensors / folder)")
     from svi_core.standalone import models as standalone
 
-    return standalone.load_wan_transformer(config.dit_path)
+    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
+    return standalone.load_wan_transformer(config.dit_path, dtype=dtype)
 
 
 def _load_encoders(config: TrainConfig, device: torch.device) -> Encoders:
-    """Load the VAE (+ UMT5, CLIP vision unless ``context_file``) from the config's paths."""
+    """Load the VAE, the text encoder (UMT5, or a ``text_embeddings`` file) and CLIP vision
+    from the config's paths (called only when the cache lacks something)."""
+    from svi_core.latents import normalise
     from svi_core.standalone import models as standalone
 
-    from .cache import diffusers_vae_encoder, file_fingerprint
+    from .cache import file_fingerprint
 
     if not config.vae_path:
         raise SVIError("the training cache needs encoding: set `vae_path` to the Wan2.1 VAE")
     vae = standalone.load_wan_vae(config.vae_path).to(device)
+
+    def enc_video(pixels: torch.Tensor) -> torch.Tensor:
+        return normalise(standalone.vae_encode(vae, pixels)).cpu()
+
     enc_text = enc_clip = None
     text_id = clip_id = ""
-    if not config.context_file:
-        if not config.text_encoder_path:
-            raise SVIError(
-                "the training cache needs text embeddings: set `text_encoder_path` (UMT5) or "
-                "`context_file`"
-            )
-        text_model = standalone.load_umt5_encoder(config.text_encoder_path)
+    if config.context_file:
+        pass
+    elif config.text_embeddings:
+        from svi_core.standalone.backend import embeddings_text_encoder
+
+        lookup = embeddings_text_encoder(config.text_embeddings)
+        text_id = file_fingerprint(config.text_embeddings)
+
+        def enc_text(caption: str) -> torch.Tensor:
+            ctx = lookup(caption)
+            return (ctx[0] if ctx.ndim == 3 else ctx).float()
+
+    elif config.text_encoder_path:
+        tok = config.tokenizer_path or str(
+            Path(config.text_encoder_path).parent / "google/umt5-xxl"
+        )
+        t5, tokenizer = standalone.load_umt5_encoder(config.text_encoder_path, tok)
+        t5 = t5.to(device)
         text_id = file_fingerprint(config.text_encoder_path)
 
         def enc_text(caption: str) -> torch.Tensor:
-            return standalone.encode_text(text_model, caption)[0].float().cpu()
+            return standalone.encode_text(t5, tokenizer, [caption])[0].cpu()
 
-        if config.clip_vision_path:
-            clip_model = standalone.load_clip_vision(config.clip_vision_path)
-            clip_id = file_fingerprint(config.clip_vision_path)
+    else:
+        raise SVIError(
+            "the training cache needs text embeddings: set `text_encoder_path` (UMT5, with "
+            "`tokenizer_path`), `text_embeddings` or `context_file`"
+        )
+    if config.clip_vision_path and not config.context_file:
+        clip_model = standalone.load_clip_vision(config.clip_vision_path).to(device)
+        clip_id = file_fingerprint(config.clip_vision_path)
 
-            def enc_clip(frame: torch.Tensor) -> torch.Tensor:
-                return standalone.clip_vision_features(clip_model, frame)[0].float().cpu()
+        def enc_clip(frame: torch.Tensor) -> torch.Tensor:
+            return standalone.clip_vision_features(clip_model, frame)[0].cpu()
 
     return Encoders(
-        encode_video=diffusers_vae_encoder(vae),
+        encode_video=enc_video,
         encode_text=enc_text,
         clip_features=enc_clip,
         video_id=file_fingerprint(config.vae_path),

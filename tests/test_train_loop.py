@@ -1,0 +1,262 @@
+"""The ERFT loop end to end on a tiny random DiT (train/loop.py, train/export.py, train/cli.py)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from svi_core.errors import SVIError
+from svi_core.lora import apply_lora_to_diffusers, load_lora
+from train.cache import Encoders, diffusers_vae_encoder
+from train.config import preset
+from train.loop import TrainModels, add_lora, train
+from train.tiny import (
+    moving_frames,
+    tiny_clip_encoder,
+    tiny_text_encoder,
+    tiny_transformer,
+    tiny_vae,
+    write_video,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> tuple[Path, Encoders]:
+    root = tmp_path_factory.mktemp("erft")
+    for i in range(2):
+        write_video(root / "ds" / f"v{i}.mp4", moving_frames(12, 32, 48, seed=i))
+        (root / "ds" / f"v{i}.txt").write_text(f"a moving pattern number {i}")
+    enc = Encoders(
+        diffusers_vae_encoder(tiny_vae()),
+        tiny_text_encoder(),
+        tiny_clip_encoder(),
+        video_id="tiny-vae",
+        text_id="tiny-text",
+        clip_id="tiny-clip",
+    )
+    return root, enc
+
+
+def _cfg(root: Path, name: str, **kw):
+    base = dict(
+        dataset=str(root / "ds"),
+        output_dir=str(root / name),
+        cache_dir=str(root / "cache"),
+        num_frames=5,
+        height=32,
+        width=48,
+        augment_draws=1,
+        precision="fp32",
+        lora_rank=4,
+        lora_alpha=8.0,
+        bank_warmup_iters=2,
+        export_dtype="fp32",
+        learning_rate=1e-3,
+    )
+    base.update(kw)
+    return preset("shot", **base)
+
+
+def _models(enc: Encoders, seed: int = 0) -> TrainModels:
+    return TrainModels(transformer=tiny_transformer(seed=seed, num_layers=1), encoders=enc)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _fixed_inputs(root: Path) -> list[dict[str, torch.Tensor]]:
+    """A fixed evaluation set: every cached sample at 4 timesteps with fixed noise."""
+    from train.cache import FeatureCache, load_sample
+    from train.erft import TrainingSchedule, flow_target, noisy_latent
+
+    cache = FeatureCache(root / "cache")
+    sched = TrainingSchedule.build()
+    g = torch.Generator().manual_seed(123)
+    out = []
+    manifest = sorted((root / "cache").glob("manifest-*.json"))[0]
+    import json
+
+    for entry in json.loads(manifest.read_text())["samples"]:
+        from train.cache import CachedSample
+
+        s = load_sample(cache, CachedSample(**entry))
+        for idx in (100, 300, 500, 700):
+            d = sched.at(idx)
+            n = torch.randn(s.latent.shape, generator=g)
+            out.append(
+                dict(
+                    hidden_states=torch.cat([noisy_latent(s.latent, n, d.s), s.y], 1),
+                    timestep=torch.tensor([d.t]),
+                    encoder_hidden_states=s.context,
+                    encoder_hidden_states_image=s.clip,
+                    target=flow_target(s.latent, n),
+                )
+            )
+    return out
+
+
+@torch.no_grad()
+def _eval_mse(model: torch.nn.Module, inputs: list[dict[str, torch.Tensor]]) -> float:
+    total = 0.0
+    for x in inputs:
+        kw = {k: v for k, v in x.items() if k != "target"}
+        pred = model(**kw, return_dict=False)[0]
+        total += float(torch.nn.functional.mse_loss(pred, x["target"]))
+    return total / len(inputs)
+
+
+def test_erft_lowers_loss_and_export_round_trips(toy):
+    root, enc = toy
+    cfg = _cfg(root, "erft", max_steps=20, checkpoint_every=20, learning_rate=1e-2)
+    path = train(cfg, _models(enc))
+    assert path == cfg.export_file and path.is_file()
+    rows = _rows(root / "erft" / "loss.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, 21))
+    assert int(rows[-1]["bank_entries"]) > 0  # errors were recycled
+    assert any(r["latent_err"] == "1" for r in rows[5:]) and any(r["clean"] == "1" for r in rows)
+    assert (root / "erft" / "loss.png").stat().st_size > 1000
+
+    inputs = _fixed_inputs(root)
+    base = tiny_transformer(seed=0, num_layers=1)
+    before = _eval_mse(base, inputs)
+    lora = load_lora(path)
+    assert lora.rank == 4 and len(lora) == 10  # 10 targets x 1 block
+    apply_lora_to_diffusers(base, lora)
+    after = _eval_mse(base, inputs)
+    print(f"fixed-set MSE before {before:.4f} after {after:.4f}")
+    assert after < 0.9 * before, (before, after)
+
+    # the exported file is canonical: diffusion_model.<official module>, alpha on every layer
+    sd = load_file(str(path))
+    assert all(k.startswith("diffusion_model.blocks.0.") for k in sd)
+    assert "diffusion_model.blocks.0.self_attn.q.lora_A.weight" in sd
+    assert "diffusion_model.blocks.0.ffn.2.lora_B.weight" in sd
+    assert float(sd["diffusion_model.blocks.0.cross_attn.o.alpha"]) == 8.0
+    assert len(sd) == 30
+
+    # round trip: the peft model of the last checkpoint == base + svi_core's merged LoRA
+    peft_model = add_lora(tiny_transformer(seed=0, num_layers=1), cfg)
+    ckpt = load_file(str(root / "erft" / "checkpoints" / "step_0000020" / "lora.safetensors"))
+    missing = peft_model.load_state_dict(ckpt, strict=False)
+    assert not missing.unexpected_keys
+    peft_model.eval()
+    for x in inputs[:3]:
+        kw = {k: v for k, v in x.items() if k != "target"}
+        a = peft_model(**kw, return_dict=False)[0]
+        b = base(**kw, return_dict=False)[0]
+        assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
+
+
+def test_resume_matches_uninterrupted_run(toy):
+    root, enc = toy
+    full = _cfg(root, "full", max_steps=6, checkpoint_every=3)
+    train(full, _models(enc))
+    part = _cfg(root, "part", max_steps=3, checkpoint_every=3)
+    train(part, _models(enc))
+    # resume with a fresh (differently initialised) model object: everything comes from disk
+    train(part.replace(max_steps=6, resume="latest"), _models(enc, seed=0))
+    a = load_file(str(root / "full" / "checkpoints" / "step_0000006" / "lora.safetensors"))
+    b = load_file(str(root / "part" / "checkpoints" / "step_0000006" / "lora.safetensors"))
+    assert a.keys() == b.keys()
+    assert any(float(v.abs().sum()) > 0 for k, v in a.items() if "lora_B" in k)  # it trained
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ba = load_file(str(root / "full" / "checkpoints" / "step_0000006" / "banks.rank0.safetensors"))
+    bb = load_file(str(root / "part" / "checkpoints" / "step_0000006" / "banks.rank0.safetensors"))
+    assert ba.keys() == bb.keys() and all(torch.equal(ba[k], bb[k]) for k in ba)
+    rows = _rows(root / "part" / "loss.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows == _rows(root / "full" / "loss.csv") or [r["loss"] for r in rows] == [
+        r["loss"] for r in _rows(root / "full" / "loss.csv")
+    ]
+
+    # resuming under another config is refused, naming the field
+    other = part.replace(max_steps=8, resume="latest", learning_rate=3e-4)
+    with pytest.raises(SVIError, match="learning_rate"):
+        train(other, _models(enc))
+    with pytest.raises(SVIError, match="state.json"):
+        train(part.replace(resume=str(root)), _models(enc))
+
+
+def test_plain_lora_has_no_banks(toy):
+    root, enc = toy
+    cfg = _cfg(root, "plain", max_steps=3, erft_enabled=False)
+    path = train(cfg, _models(enc))
+    assert path.name == "svi-shot-plain.safetensors"
+    rows = _rows(root / "plain" / "loss.csv")
+    assert all(r["bank_entries"] == "0" and r["latent_err"] == "0" for r in rows)
+    assert not list((root / "plain" / "checkpoints").glob("*/banks.*"))
+
+
+def test_bad_input_errors(toy, tmp_path: Path):
+    root, enc = toy
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SVIError, match="holds no videos"):
+        train(_cfg(root, "bad", dataset=str(empty), max_steps=1), _models(enc))
+    from train.cli import main
+
+    toml = tmp_path / "c.toml"
+    toml.write_text('preset = "film"\nlearnin_rate = 1.0\n')
+    assert main(["--config", str(toml)]) == 2
+    assert main(["--preset", "shot", "--dataset", str(empty)]) == 2
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(toy, tmp_path: Path):
+    root, _ = toy
+    script = tmp_path / "ddp_run.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            sys.path.insert(0, {str(REPO)!r})
+            import torch
+            torch.set_num_threads(1)
+            from train.cache import Encoders, diffusers_vae_encoder
+            from train.config import preset
+            from train.loop import TrainModels, train
+            from train.tiny import tiny_clip_encoder, tiny_text_encoder, tiny_transformer, tiny_vae
+
+            enc = Encoders(diffusers_vae_encoder(tiny_vae()), tiny_text_encoder(),
+                           tiny_clip_encoder(), "tiny-vae", "tiny-text", "tiny-clip")
+            cfg = preset("shot", dataset={str(root / "ds")!r}, output_dir={str(tmp_path / "out")!r},
+                         cache_dir={str(tmp_path / "cache")!r}, num_frames=5, height=32, width=48,
+                         augment_draws=1, precision="fp32", lora_rank=4, lora_alpha=4.0,
+                         bank_warmup_iters=2, max_steps=4, checkpoint_every=2)
+            train(cfg, TrainModels(transformer=tiny_transformer(num_layers=1), encoders=enc))
+            """
+        )
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out"
+    assert (out / "svi-shot-erft.safetensors").is_file()
+    ckpt = out / "checkpoints" / "step_0000004"
+    assert (ckpt / "banks.rank0.safetensors").is_file() and (
+        ckpt / "banks.rank1.safetensors"
+    ).is_file()
+    # during warm-up both ranks store both ranks' errors: 2 steps x 2 ranks entries at least
+    banks = load_file(str(ckpt / "banks.rank0.safetensors"))
+    assert sum(v.shape[0] for k, v in banks.items() if k.startswith("noise.")) >= 2
+    assert len(_rows(out / "loss.csv")) == 4
