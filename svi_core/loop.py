@@ -252,12 +252,23 @@ def run_clips(
                 on_clip(ClipResult(record=rec, kept=kept, latent=latent))
             del frames, kept, tail
     except Cancelled:
+        store.close()
         logger.info("cancelled after %d finished clips; rerun to resume", store.clips_done)
         if output is not None and store.clips_done > 0:
-            store.build_video(output, min(store.clips_done, settings.num_clips))
+            n = min(store.clips_done, settings.num_clips)
+            store.build_video(output, n, fps=mode.fps, crf=settings.crf)
         raise
+    except BaseException:
+        try:
+            store.close()
+        except Exception as e:  # keep the original error; this one is secondary
+            logger.error("a pending clip write failed as well: %s", e)
+        raise
+    store.close()
     n = min(store.clips_done, settings.num_clips)
-    video = store.build_video(output, n) if output is not None else None
+    video = None
+    if output is not None:
+        video = store.build_video(output, n, fps=mode.fps, crf=settings.crf)
     return RunResult(
         run_dir=store.root,
         video=video,

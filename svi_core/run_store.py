@@ -6,13 +6,15 @@ Layout::
       manifest.json                 settings, input fingerprints, finished clips (the truth)
       clips/clip_00000.safetensors  "latent": the clip's final NORMALISED latent [1, 16, T, h, w]
                                     float32; "motion": pixel carry only, the uint8 frames
-                                    [m, H, W, 3] the next clip is conditioned on
+                                    [m, H, W, 3] the next clip is conditioned on; "tail":
+                                    drop_tail modes, the uint8 frames a following clip replaces
       segments/clip_00000.mp4       the frames this clip keeps in the stitched video
-      segments/tail_00000.mp4       drop_tail modes: the m frames a following clip replaces
-                                    (used only when this clip is the last one)
+      segments/tail_00003.mp4       the last clip's tail, written when the video is joined
 
 Every file is written to a temporary sibling and moved into place with ``os.replace``; the
-manifest is rewritten last. A crash or a failing write leaves the previous manifest, which only
+manifest is rewritten last. The segment of clip k is encoded in a background thread while
+clip k + 1 is generated (at most one write pending; its errors surface at the next commit or
+:meth:`RunStore.flush`); the manifest lists clip k only once its segment is complete. A crash or a failing write leaves the previous manifest, which only
 lists clips whose files are complete; stray files of an unfinished clip are overwritten on
 resume. Resuming continues after the last finished clip and (on the same device) reproduces an
 uninterrupted run exactly: the carry is restored bit for bit from the clip file.
@@ -23,7 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +102,8 @@ class RunStore:
     def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
         self.root = root
         self._manifest = manifest
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
 
     # ----- opening ------------------------------------------------------------------------
 
@@ -160,7 +165,7 @@ class RunStore:
 
     def _check_files(self) -> None:
         for rec in self.records:
-            for rel in (rec.segment, rec.tail, rec.state):
+            for rel in (rec.segment, rec.state):
                 if rel is not None and not (self.root / rel).is_file():
                     raise RunStoreError(
                         f"run directory {self.root} is damaged: clip {rec.index} lists {rel}, "
@@ -206,8 +211,12 @@ class RunStore:
         tail: torch.Tensor | None,
         fps: float,
         crf: int,
+        background: bool = True,
     ) -> ClipRecord:
         """Persist a finished clip; it counts as done only once the manifest lists it.
+
+        The clip file is written now; the segment (and then the manifest) in the background
+        unless ``background`` is False. Waits for the previous clip's write first.
 
         Args:
             latent: the clip's final NORMALISED latent ``[1, 16, T, h, w]``.
@@ -215,6 +224,7 @@ class RunStore:
             kept: uint8 ``[N, H, W, 3]`` frames this clip contributes to the video.
             tail: drop_tail modes: uint8 frames a following clip replaces; None otherwise.
         """
+        self.flush()
         if index != self.clips_done:
             raise RunStoreError(
                 f"run directory {self.root}: clip {index} committed after {self.clips_done} "
@@ -224,27 +234,54 @@ class RunStore:
         tensors = {"latent": latent.detach().float().cpu().contiguous()}
         if motion is not None:
             tensors["motion"] = motion.detach().cpu().contiguous()
+        has_tail = tail is not None and tail.shape[0] > 0
+        if has_tail:
+            tensors["tail"] = tail.detach().cpu().contiguous()
         state = f"clips/{name}.safetensors"
         atomic_write_bytes(self.root / state, save(tensors))
-        segment = f"segments/{name}.mp4"
-        write_segment(self.root / segment, kept, fps, crf)
-        tail_rel = None
-        if tail is not None and tail.shape[0] > 0:
-            tail_rel = f"segments/tail_{index:05d}.mp4"
-            write_segment(self.root / tail_rel, tail, fps, crf)
         rec = ClipRecord(
             index=index,
             seed=seed,
             prompt_index=prompt_index,
             frames_kept=int(kept.shape[0]),
-            tail_frames=0 if tail_rel is None else int(tail.shape[0]),
-            segment=segment,
-            tail=tail_rel,
+            tail_frames=int(tail.shape[0]) if has_tail else 0,
+            segment=f"segments/{name}.mp4",
+            tail=f"segments/tail_{index:05d}.mp4" if has_tail else None,
             state=state,
         )
-        clips = self._manifest["clips"] + [asdict(rec)]
-        self._write_manifest({**self._manifest, "clips": clips})
+        frames = kept.detach().cpu().contiguous()
+
+        def finish() -> None:
+            write_segment(self.root / rec.segment, frames, fps, crf)
+            self._write_manifest(
+                {**self._manifest, "clips": self._manifest["clips"] + [asdict(rec)]}
+            )
+
+        self._run(finish, background)
         return rec
+
+    def _run(self, job: Callable[[], None], background: bool) -> None:
+        if not background:
+            job()
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svi-writer")
+        self._pending = self._executor.submit(job)
+
+    def flush(self) -> None:
+        """Wait for the pending background write; re-raise its error, if any."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Flush and stop the writer thread (the store can still be used afterwards)."""
+        try:
+            self.flush()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
 
     def _write_manifest(self, manifest: dict[str, Any] | None = None) -> None:
         new = manifest if manifest is not None else self._manifest
@@ -267,12 +304,28 @@ class RunStore:
         recs = self.records[: num_clips if num_clips is not None else None]
         return sum(r.frames_kept for r in recs) + (recs[-1].tail_frames if recs else 0)
 
-    def build_video(self, out: str | Path, num_clips: int | None = None) -> Path:
-        """Join the finished clips' segments into ``out`` (stream copy, no re-encode)."""
-        files = self.segment_files(num_clips)
-        if not files:
+    def build_video(
+        self, out: str | Path, num_clips: int | None = None, fps: float = 24.0, crf: int = 16
+    ) -> Path:
+        """Join the finished clips' segments into ``out`` (stream copy, no re-encode).
+
+        The last clip's tail segment is encoded here (``fps``/``crf`` as the segments) from
+        its clip file when it does not exist yet.
+        """
+        self.flush()
+        recs = self.records[: num_clips if num_clips is not None else None]
+        if not recs:
             raise RunStoreError(f"run directory {self.root} has no finished clip to join")
-        return concat_segments(files, out)
+        last = recs[-1]
+        if last.tail is not None and not (self.root / last.tail).is_file():
+            tail = self.load_state(last.index).get("tail")
+            if tail is None:
+                raise RunStoreError(
+                    f"run directory {self.root}: clip file {last.state} has no tail frames; "
+                    "the run directory is damaged"
+                )
+            write_segment(self.root / last.tail, tail, fps, crf)
+        return concat_segments(self.segment_files(len(recs)), out)
 
 
 def input_fingerprints(
