@@ -322,3 +322,18 @@ def test_clip_vision_rejects_a_vae(tmp_path) -> None:
     )
     with pytest.raises(CheckpointError, match="CLIP vision encoder was expected"):
         load_clip_vision(path)
+
+
+def test_t5_v1_1_is_not_umt5(tmp_path, tokenizer_dir, hf_umt5) -> None:
+    from svi_core.standalone.models import load_umt5_encoder
+
+    sd = {
+        k: v
+        for k, v in hf_umt5.state_dict().items()
+        if k != "encoder.embed_tokens.weight"
+        and not k.startswith("encoder.block.1.layer.0.SelfAttention.relative_attention_bias")
+    }
+    path = tmp_path / "t5xxl_fp16.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    with pytest.raises(CheckpointError, match=r"t5xxl_fp16\.safetensors.*not UMT5"):
+        load_umt5_encoder(path, tokenizer_dir, dtype=torch.float32)

@@ -286,6 +286,15 @@ def _umt5_config(sd: Mapping[str, torch.Tensor], path: str | os.PathLike[str], e
     ).shape
     d_ff = need("encoder.block.0.layer.1.DenseReluDense.wi_0.weight").shape[0]
     layers = len({m.group(1) for k in sd if (m := re.match(r"encoder\.block\.(\d+)\.", k))})
+    if (
+        layers > 1
+        and "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" not in sd
+    ):
+        raise CheckpointError(
+            f"'{path}' is a T5 v1.1 encoder (one shared position table, e.g. t5xxl for "
+            "Flux / SD3), not UMT5: Wan needs umt5_xxl (umt5_xxl_fp16.safetensors or "
+            "models_t5_umt5-xxl-enc-bf16.pth)."
+        )
     return UMT5Config(
         vocab_size=int(vocab),
         d_model=int(d_model),
