@@ -39,3 +39,16 @@ def test_vae_encode_decode_match_reference() -> None:
     dec_diff = (decoded - expected).abs().max().item()
     report("wan21 VAE decode (clamped)", dec_diff, TOL)
     assert enc_diff <= TOL and dec_diff <= TOL
+
+
+def test_official_pth_layout_loads_the_same_weights(tmp_path) -> None:
+    import torch
+
+    from svi_core.standalone.models import load_wan_vae
+
+    src = fixture("wan21_vae", "model.safetensors")
+    pth = tmp_path / "Wan2.1_VAE.pth"
+    torch.save(load_state_dict(src), str(pth))
+    a, b = load_wan_vae(src).state_dict(), load_wan_vae(pth).state_dict()
+    assert set(a) == set(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
