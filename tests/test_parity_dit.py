@@ -51,3 +51,26 @@ def test_dit_forward_matches_reference(name: str) -> None:
     diff = (out - expected).abs().max().item()
     report(f"{name} DiT forward", diff, TOL)
     assert diff <= TOL
+
+
+def test_dit_bf16_keeps_diffusers_fp32_modules_and_stays_close() -> None:
+    from svi_core.standalone.models import load_wan_transformer
+
+    name = "wan21_i2v_dit"
+    model = load_wan_transformer(fixture(name, "model.safetensors"), dtype=torch.bfloat16)
+    assert model.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
+    assert model.scale_shift_table.dtype == torch.float32  # diffusers' _keep_in_fp32_modules
+    assert model.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
+    inputs = load_file(str(fixture(name, "inputs.safetensors")))
+    expected = tensor(name, "expected.safetensors", key="out")
+    with torch.no_grad():
+        out = model(
+            hidden_states=inputs["x"].bfloat16(),
+            timestep=inputs["timestep"],
+            encoder_hidden_states=inputs["context"].bfloat16(),
+            encoder_hidden_states_image=inputs["clip_fea"].bfloat16(),
+            return_dict=False,
+        )[0]
+    diff = (out.float() - expected).abs().max().item()
+    report(f"{name} DiT forward in bf16 (informative)", diff, 0.05 * expected.abs().max().item())
+    assert diff <= 0.05 * expected.abs().max().item()
