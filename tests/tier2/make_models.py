@@ -1,0 +1,157 @@
+"""Write tiny random Wan model files that a real ComfyUI loads (test-only; run with ComfyUI's python).
+
+Usage: ``python make_models.py <comfyui_path> <models_dir>``. Writes, under the standard file
+names of the official Wan / ComfyUI model pages:
+
+- ``diffusion_models/``: tiny Wan2.1 I2V DiT and two Wan2.2 I2V experts (dim 256, 2 heads of
+  128, 2 layers, text_dim 4096, freq_dim 256: the sizes ComfyUI's detection assumes);
+- ``loras/``: SVI LoRAs with BARE official keys (``blocks.0.self_attn.q.lora_A.weight``, which
+  stock ComfyUI ignores), one per DiT, a speed LoRA with kohya keys, and a LoRA for another
+  model (more blocks, wrong width);
+- ``vae/wan_2.1_vae.safetensors``: a FULL-size random Wan2.1 VAE (ComfyUI builds the VAE with
+  a fixed width, so a narrower one cannot load).
+
+Weights are seeded, so every run writes the same files.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _init(module, seed: int) -> dict:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, p in sorted(module.state_dict().items()):
+        shape = tuple(p.shape)
+        if name.endswith("gamma") or "norm" in name and name.endswith("weight"):
+            t = 1 + 0.1 * torch.randn(shape, generator=gen)
+        elif name.endswith("modulation"):
+            t = 0.1 * torch.randn(shape, generator=gen)
+        elif name.endswith("bias"):
+            t = 0.02 * torch.randn(shape, generator=gen)
+        elif len(shape) >= 2:
+            fan_in = 1
+            for s in shape[1:]:
+                fan_in *= s
+            t = torch.randn(shape, generator=gen) / fan_in**0.5
+        else:
+            t = 0.02 * torch.randn(shape, generator=gen)
+        out[name] = t.float().contiguous()
+    return out
+
+
+def make_dit(i2v: bool, seed: int, dim: int = 256, layers: int = 2) -> dict:
+    import comfy.ops
+    from comfy.ldm.wan.model import WanModel
+
+    model = WanModel(
+        model_type="i2v" if i2v else "t2v",
+        in_dim=36,
+        dim=dim,
+        ffn_dim=2 * dim,
+        freq_dim=256,
+        text_dim=4096,
+        out_dim=16,
+        num_heads=dim // 128,
+        num_layers=layers,
+        operations=comfy.ops.disable_weight_init,
+    )
+    sd = _init(model, seed)
+    # a zero-initialised output head would hide every other mistake
+    return sd
+
+
+def make_lora(dit: dict, seed: int, rank: int = 4, scale: float = 0.3) -> dict:
+    """Bare official SVI keys (what the official files use), every SVI target of every block."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    targets = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q",
+               "cross_attn.k", "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")  # fmt: skip
+    out = {}
+    blocks = sorted({int(k.split(".")[1]) for k in dit if k.startswith("blocks.")})
+    for b in blocks:
+        for t in targets:
+            w = dit[f"blocks.{b}.{t}.weight"]
+            out[f"blocks.{b}.{t}.lora_A.weight"] = (
+                torch.randn(rank, w.shape[1], generator=gen) / w.shape[1] ** 0.5
+            )
+            out[f"blocks.{b}.{t}.lora_B.weight"] = scale * torch.randn(
+                w.shape[0], rank, generator=gen
+            )
+    return out
+
+
+def make_vae(seed: int) -> dict:
+    from comfy.ldm.wan.vae import WanVAE
+
+    vae = WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                 temperal_downsample=[False, True, True])  # fmt: skip
+    sd = _init(vae, seed)
+    # keep decoded pixels mostly inside [-1, 1]
+    for k in list(sd):
+        if k.startswith("decoder.head.2."):
+            sd[k] = sd[k] * 0.4
+    return sd
+
+
+NAMES = {
+    "wan21": "wan2.1_i2v_480p_14B_fp16.safetensors",
+    "high": "wan2.2_i2v_high_noise_14B_fp16.safetensors",
+    "low": "wan2.2_i2v_low_noise_14B_fp16.safetensors",
+    "lora_shot": "svi-shot.safetensors",
+    "lora_film": "svi-film-opt-10212025.safetensors",
+    "lora_high": "SVI_v2_PRO_Wan2.2-I2V-A14B_HIGH_lora_rank_128_fp16.safetensors",
+    "lora_low": "SVI_v2_PRO_Wan2.2-I2V-A14B_LOW_lora_rank_128_fp16.safetensors",
+    "speed_high": "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors",
+    "speed_low": "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors",
+    "lora_other": "lora_for_another_model.safetensors",
+    "vae": "wan_2.1_vae.safetensors",
+}
+
+
+def main(comfy_path: str, models: str) -> None:
+    sys.path.insert(0, comfy_path)
+    from comfy.cli_args import args
+
+    args.cpu = True
+    from safetensors.torch import save_file
+
+    for sub in ("diffusion_models", "loras", "vae", "text_encoders", "clip_vision"):
+        os.makedirs(os.path.join(models, sub), exist_ok=True)
+
+    def save(sd: dict, sub: str, key: str) -> None:
+        path = os.path.join(models, sub, NAMES[key])
+        if not os.path.exists(path):
+            save_file(sd, path + ".tmp")
+            os.replace(path + ".tmp", path)
+
+    wan21 = make_dit(True, 1)
+    high, low = make_dit(False, 2), make_dit(False, 3)
+    save(wan21, "diffusion_models", "wan21")
+    save(high, "diffusion_models", "high")
+    save(low, "diffusion_models", "low")
+    save(make_lora(wan21, 11), "loras", "lora_shot")
+    save(make_lora(wan21, 12), "loras", "lora_film")
+    save(make_lora(high, 13), "loras", "lora_high")
+    save(make_lora(low, 14), "loras", "lora_low")
+    kohya = {}
+    for k, v in make_lora(high, 15, scale=0.05).items():
+        mod, part = k.rsplit(".lora_", 1)
+        part = "lora_down.weight" if part.startswith("A") else "lora_up.weight"
+        kohya["lora_unet_" + mod.replace(".", "_") + "." + part] = v
+    save(kohya, "loras", "speed_high")
+    save({k.replace("lora_unet_", "lora_unet_"): v for k, v in kohya.items()}, "loras", "speed_low")
+    other = make_lora(make_dit(True, 4, dim=128, layers=3), 16)
+    save(other, "loras", "lora_other")
+    vae_path = os.path.join(models, "vae", NAMES["vae"])
+    if not os.path.exists(vae_path):
+        save(make_vae(5), "vae", "vae")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

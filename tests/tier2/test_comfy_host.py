@@ -1,0 +1,289 @@
+"""Tier 2: the pack inside a real ComfyUI server with tiny models (DESIGN.md §8).
+
+Runs when ``COMFYUI_PATH`` points at a ComfyUI checkout (``COMFYUI_PYTHON`` at its venv's
+python); skips with the reason otherwise. Every shipped workflow runs through its API twin
+(Load CLIP / Load CLIP Vision replaced by the test-only nodes, sizes shrunk); the mp4, the
+progress events, cancel + resume over HTTP, the LoRA key fix and bad-input errors are checked.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from .comfy_host import ComfyHost, comfy_paths, error_message
+from .workflow_tools import BUILDERS, WORKFLOWS, ui_to_api
+
+pytestmark = [pytest.mark.tier2, pytest.mark.slow]
+
+PATHS = comfy_paths()
+if PATHS is None:
+    pytest.skip(
+        "tier 2 needs a ComfyUI checkout: set COMFYUI_PATH (and COMFYUI_PYTHON to its venv's "
+        "python, with this pack's requirements.txt installed)",
+        allow_module_level=True,
+    )
+
+SVI_NODES = [
+    "SVIModelLoader",
+    "SVILoraLoader",
+    "SVIPromptStream",
+    "SVIInfiniteSampler",
+    "SVIClipConditioning",
+]
+FRAMES, WIDTH, HEIGHT, STEPS = 9, 64, 64, 2
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    root, python = PATHS
+    h = ComfyHost(root, python, tmp_path_factory.mktemp("comfy_base"))
+    h.prepare()
+    h.start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture(scope="module")
+def object_info(host):
+    return host.get("/object_info")
+
+
+def _video_info(path: Path) -> tuple[int, float, tuple[int, int]]:
+    import imageio_ffmpeg
+
+    gen = imageio_ffmpeg.read_frames(str(path))
+    meta = next(gen)
+    n = sum(1 for _ in gen)
+    return n, float(meta["fps"]), tuple(meta["size"])
+
+
+def _twin(name: str, object_info: dict, **sampler: object) -> dict:
+    """API twin of a shipped workflow with test models and small sizes."""
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
+    api = ui_to_api(ui, object_info)
+    for node in api.values():
+        if node["class_type"] == "CLIPLoader":
+            node["class_type"] = "SVITestCLIPLoader"
+            node["inputs"] = {"clip_name": "fake", "type": "wan"}
+        elif node["class_type"] == "CLIPVisionLoader":
+            node["class_type"] = "SVITestCLIPVisionLoader"
+            node["inputs"] = {"clip_name": "fake"}
+        elif node["class_type"] == "SVIInfiniteSampler":
+            node["inputs"].update(
+                clips=2, frames=FRAMES, width=WIDTH, height=HEIGHT, steps=STEPS, cfg=2.0,
+                run_name=f"t_{uuid.uuid4().hex[:8]}", on_existing_run="new",
+            )  # fmt: skip
+            node["inputs"].update(sampler)
+    return api
+
+
+def _sampler_id(api: dict) -> str:
+    return next(k for k, v in api.items() if v["class_type"] == "SVIInfiniteSampler")
+
+
+def _video_path(host: ComfyHost, entry: dict, node_id: str) -> Path:
+    item = entry["outputs"][node_id]["images"][0]
+    return host.base / "output" / item["subfolder"] / item["filename"]
+
+
+# ----- the pack loads ------------------------------------------------------------------------
+
+
+def test_nodes_registered_with_tooltips_and_category(object_info):
+    for name in SVI_NODES:
+        assert name in object_info, f"{name} missing from /object_info"
+        info = object_info[name]
+        assert info["category"].startswith("SVI/")
+        for section in ("required", "optional"):
+            for inp, spec in info["input"].get(section, {}).items():
+                opts = spec[1] if len(spec) > 1 else {}
+                assert opts.get("tooltip"), f"{name}.{inp} has no tooltip"
+        tips = info.get("output_tooltips") or []
+        assert len(tips) == len(info["output"]) and all(tips), f"{name} output tooltips"
+
+
+def test_sampler_offers_comfy_sampler_and_scheduler_lists(object_info):
+    req = object_info["SVIInfiniteSampler"]["input"]["required"]
+    ks = object_info["KSampler"]["input"]["required"]
+
+    def options(spec):
+        return spec[0] if isinstance(spec[0], list) else spec[1]["options"]
+
+    assert options(req["sampler_name"]) == options(ks["sampler_name"])
+    assert options(req["scheduler"]) == options(ks["scheduler"])
+
+
+def test_workflows_listed_as_templates(host):
+    templates = host.get("/api/workflow_templates")
+    names = set(templates.get("stable-video-infinity", []))
+    assert names == set(BUILDERS), templates
+
+
+# ----- every workflow runs -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,overlap",
+    [("SVI-Shot_Wan2.1", 1), ("SVI-Film_Wan2.1_prompt_stream", 5), ("SVI-2.0-Pro_Wan2.2", 5)],
+)
+def test_workflow_runs_and_streams_mp4(host, object_info, name, overlap):
+    api = _twin(name, object_info)
+    sid = _sampler_id(api)
+    t0 = len(host.ws.messages)
+    pid = host.queue(api)
+    entry = host.wait(pid)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    path = _video_path(host, entry, sid)
+    n, fps, size = _video_info(path)
+    # two clips of F frames stitched with `overlap` frames re-generated: 2F - overlap
+    assert n == 2 * FRAMES - overlap
+    assert fps == pytest.approx(16.0)
+    assert size == (WIDTH, HEIGHT)
+    progress = [
+        m["data"] for m in host.ws.messages[t0:]
+        if m.get("type") == "progress" and m["data"].get("node") == sid
+    ]  # fmt: skip
+    assert progress, "no progress events from the sampler"
+    assert {p["max"] for p in progress} == {2 * STEPS}, "one bar over clips x steps"
+    assert progress[-1]["value"] == 2 * STEPS
+
+
+# ----- cancel and resume ---------------------------------------------------------------------
+
+
+def test_interrupt_then_resume_same_run(host, object_info):
+    run = f"resume_{uuid.uuid4().hex[:6]}"
+    api = _twin("SVI-Film_Wan2.1_prompt_stream", object_info, clips=3, steps=3, run_name=run)
+    api[_sampler_id(api)]["inputs"]["on_existing_run"] = "resume"
+    sid = _sampler_id(api)
+    t0 = len(host.ws.messages)
+    pid = host.queue(api)
+    deadline = time.time() + 600
+    while time.time() < deadline:  # interrupt during clip 1 (after clip 0 is committed)
+        vals = [
+            m["data"]["value"] for m in host.ws.messages[t0:]
+            if m.get("type") == "progress" and m["data"].get("node") == sid
+        ]  # fmt: skip
+        if vals and vals[-1] >= 4:
+            break
+        time.sleep(0.2)
+    host.post("/interrupt")
+    entry = host.wait(pid)
+    assert entry["status"]["status_str"] == "error"
+    assert error_message(entry) == "interrupted"
+    manifest = json.loads((host.base / "output" / "svi" / run / "manifest.json").read_text())
+    done = len(manifest["clips"])
+    assert 1 <= done < 3
+    # the partial video of the finished clips was written on cancel
+    partial = host.base / "output" / "svi" / run / f"{run}.mp4"
+    assert _video_info(partial)[0] == done * FRAMES - (done - 1) * 5
+
+    t1 = len(host.ws.messages)
+    entry = host.run(api)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    maxes = {
+        m["data"]["max"] for m in host.ws.messages[t1:]
+        if m.get("type") == "progress" and m["data"].get("node") == sid
+    }  # fmt: skip
+    assert maxes == {(3 - done) * 3}, "resume generates only the missing clips"
+    n, _, _ = _video_info(_video_path(host, entry, sid))
+    assert n == 3 * FRAMES - 2 * 5
+    manifest = json.loads((host.base / "output" / "svi" / run / "manifest.json").read_text())
+    assert [c["index"] for c in manifest["clips"]] == [0, 1, 2]
+
+
+# ----- the LoRA key fix ----------------------------------------------------------------------
+
+
+def _clip0_latent(host: ComfyHost, entry: dict, sid: str):
+    from safetensors.torch import load_file
+
+    item = entry["outputs"][sid]["images"][0]
+    return load_file(
+        str(host.base / "output" / item["subfolder"] / "clips" / "clip_00000.safetensors")
+    )["latent"]
+
+
+def test_bare_key_svi_lora_changes_output_where_stock_loader_does_not(host, object_info):
+    base = _twin("SVI-Shot_Wan2.1", object_info, clips=1, frames=5)
+    sid = _sampler_id(base)
+    loader = next(k for k, v in base.items() if v["class_type"] == "SVIModelLoader")
+
+    def run(api):
+        entry = host.run(api)
+        assert entry["status"]["status_str"] == "success", error_message(entry)
+        return _clip0_latent(host, entry, sid)
+
+    no_lora = copy.deepcopy(base)
+    no_lora[loader]["inputs"]["lora_name"] = "none"
+    ours = copy.deepcopy(base)  # SVI Model Loader with the bare-key svi-shot file
+    stock = copy.deepcopy(no_lora)  # stock LoraLoaderModelOnly with the same file
+    stock["90"] = {
+        "class_type": "LoraLoaderModelOnly",
+        "inputs": {
+            "model": [loader, 0],
+            "lora_name": "svi-shot.safetensors",
+            "strength_model": 1.0,
+        },
+    }
+    stock[sid]["inputs"]["model"] = ["90", 0]
+    lat_none, lat_ours, lat_stock = run(no_lora), run(ours), run(stock)
+    assert (lat_ours - lat_none).abs().max() > 1e-3, "the SVI LoRA did not change the output"
+    assert (lat_stock - lat_none).abs().max() == 0, "stock ComfyUI applied bare keys after all?"
+
+
+# ----- bad input fails before sampling -------------------------------------------------------
+
+
+def _fails_before_sampling(host, api, sid, expect: str) -> None:
+    t0 = len(host.ws.messages)
+    status, body = host.post("/prompt", {"prompt": api, "client_id": host.client_id})
+    if status != 200:  # refused by ComfyUI's own validation
+        assert expect.lower() in json.dumps(body).lower(), body
+        return
+    entry = host.wait(body["prompt_id"])
+    msg = error_message(entry) or ""
+    assert entry["status"]["status_str"] == "error"
+    assert expect.lower() in msg.lower(), msg
+    steps = [
+        m for m in host.ws.messages[t0:]
+        if m.get("type") == "progress" and m["data"].get("node") == sid and m["data"]["value"] > 0
+    ]  # fmt: skip
+    assert not steps, "sampling started before the error"
+    run = api[sid]["inputs"]["run_name"]
+    assert not (host.base / "output" / "svi" / run).exists()
+
+
+def test_lora_for_another_model_is_refused(host, object_info):
+    api = _twin("SVI-Shot_Wan2.1", object_info)
+    loader = next(k for k, v in api.items() if v["class_type"] == "SVIModelLoader")
+    api[loader]["inputs"]["lora_name"] = "lora_for_another_model.safetensors"
+    _fails_before_sampling(host, api, _sampler_id(api), "lora_for_another_model.safetensors")
+
+
+def test_wan21_mode_without_clip_vision_is_refused(host, object_info):
+    api = _twin("SVI-Film_Wan2.1_prompt_stream", object_info)
+    sid = _sampler_id(api)
+    del api[sid]["inputs"]["clip_vision"]
+    _fails_before_sampling(host, api, sid, "needs CLIP vision")
+
+
+def test_wan22_mode_with_one_model_is_refused(host, object_info):
+    api = _twin("SVI-2.0-Pro_Wan2.2", object_info)
+    sid = _sampler_id(api)
+    del api[sid]["inputs"]["low_noise_model"]
+    _fails_before_sampling(host, api, sid, "needs both experts")
+
+
+@pytest.mark.parametrize(
+    "change,expect", [({"frames": 10}, "4k + 1"), ({"width": 72}, "multiples of 16")]
+)
+def test_bad_size_or_frames_is_refused(host, object_info, change, expect):
+    api = _twin("SVI-Shot_Wan2.1", object_info, **change)
+    _fails_before_sampling(host, api, _sampler_id(api), expect)
