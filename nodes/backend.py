@@ -21,24 +21,13 @@ from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 from ..svi_core.backend import ClipRequest, StepCallback
 from ..svi_core.errors import Cancelled, SVIError
 from ..svi_core.latents import denormalise, normalise
+from .checks import expert_switch
 from .convert import frame_to_image, image_to_pixels, official_mask_to_comfy, pixels_to_image
 
 
 def with_shift(model: Any, shift: float) -> Any:
     """A clone of ``model`` sampling with flow shift ``shift`` (what ModelSamplingSD3 does)."""
     return ModelSamplingSD3().patch(model, shift)[0]
-
-
-def expert_switch(sigmas: torch.Tensor, boundary: float | None) -> int:
-    """First step index whose sigma (= t / 1000) is below ``boundary``: the low-noise expert
-    runs from there on. ``len(sigmas) - 1`` (all steps high) when ``boundary`` is None."""
-    steps = len(sigmas) - 1
-    if boundary is None:
-        return steps
-    for i in range(steps):
-        if float(sigmas[i]) < boundary:
-            return i
-    return steps
 
 
 def image_condition(

@@ -19,88 +19,19 @@ import torch
 from comfy_api.latest import InputImpl, io, ui
 
 from ..svi_core.conditioning import reference_size
-from ..svi_core.errors import Cancelled, RunStoreError, SVIError
+from ..svi_core.errors import Cancelled
 from ..svi_core.latents import denormalise
 from ..svi_core.log import logger
 from ..svi_core.loop import LoopInputs, RunSettings, run_clips
-from ..svi_core.modes import ModeConfig, get_mode, mode_names
+from ..svi_core.modes import get_mode, mode_names
 from ..svi_core.run_store import RunStore, input_fingerprints, sha256_json
 from ..svi_core.video_io import read_last_frames
 from .backend import ComfyBackend
-from .convert import reference_from_image, run_directory, sanitise_run_name
+from .checks import EXISTING_RUN, check_models, pick_run_dir
+from .convert import reference_from_image
 from .prompts import EncodedPrompts, SVIPrompts
 
-EXISTING_RUN = ("resume or new", "resume", "new")
 MAX_SIZE = 4096
-
-
-def check_models(mode: ModeConfig, model: Any, low_noise_model: Any, clip_vision: Any) -> None:
-    """Refuse a model set that cannot run ``mode`` (before any work), saying what to connect."""
-    for name, m in (("model", model), ("low_noise_model", low_noise_model)):
-        if m is None:
-            continue
-        dit = getattr(getattr(m, "model", None), "diffusion_model", None)
-        embed = getattr(dit, "patch_embedding", None)
-        if embed is None:
-            raise SVIError(f"{name} is not a Wan DiT; connect a Wan I2V diffusion model")
-        if embed.weight.shape[1] != 36:
-            raise SVIError(
-                f"{name} takes {embed.weight.shape[1]} input channels; SVI needs a Wan "
-                "image-to-video DiT (36 channels: Wan2.1 I2V 14B or Wan2.2 I2V A14B)"
-            )
-        has_img_emb = getattr(dit, "img_emb", None) is not None
-        if mode.model == "wan2.1" and not has_img_emb:
-            raise SVIError(
-                f"mode {mode.name!r} is a Wan2.1 mode but {name} has no image embedding (a "
-                "Wan2.2 expert?); use Wan2.1 I2V 14B, or pick v2_pro / v2_w22 for Wan2.2"
-            )
-        if mode.model == "wan2.2" and has_img_emb:
-            raise SVIError(
-                f"mode {mode.name!r} is a Wan2.2 mode but {name} is a Wan2.1 I2V DiT; pick a "
-                "Wan2.1 mode (shot, film, tom, v2) or load the Wan2.2 A14B experts"
-            )
-    if mode.model == "wan2.1":
-        if clip_vision is None:
-            raise SVIError(
-                f"mode {mode.name!r} (Wan2.1) needs CLIP vision: connect Load CLIP Vision "
-                "(clip_vision_h.safetensors) to clip_vision"
-            )
-        if low_noise_model is not None:
-            raise SVIError(
-                f"mode {mode.name!r} (Wan2.1) uses one model; disconnect low_noise_model"
-            )
-    elif low_noise_model is None:
-        raise SVIError(
-            f"mode {mode.name!r} (Wan2.2 A14B) needs both experts: connect the high-noise model "
-            "to model and the low-noise model to low_noise_model"
-        )
-
-
-def pick_run_dir(
-    root: str, run_name: str, policy: str, settings: RunSettings, fingerprints: dict
-) -> str:
-    """The run directory for ``run_name`` under ``policy`` (see ``EXISTING_RUN``).
-
-    ``resume``: reuse it (RunStoreError if it holds another run); ``new``: the first free
-    ``<name>_NNN``; ``resume or new``: reuse it when the settings and inputs match, else the
-    first ``<name>_NNN`` that matches or is free.
-    """
-    if policy not in EXISTING_RUN:
-        raise SVIError(f"on_existing_run {policy!r} must be one of {', '.join(EXISTING_RUN)}")
-    base = sanitise_run_name(run_name)
-    for n in range(0, 1000):
-        name = base if n == 0 else f"{base}_{n:03d}"
-        path = run_directory(root, name)
-        exists = os.path.isdir(path) and bool(os.listdir(path))
-        if policy == "new" and exists:
-            continue
-        try:
-            RunStore.open(path, settings.identity(), fingerprints)
-            return path
-        except RunStoreError:
-            if policy == "resume":
-                raise
-    raise SVIError(f"run name {base!r}: 1000 runs of that name exist; pick another run name")
 
 
 def _settings(kwargs: dict[str, Any], prompts: EncodedPrompts, image: torch.Tensor):

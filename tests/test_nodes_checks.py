@@ -1,0 +1,113 @@
+"""Tier 1: the nodes' pre-flight checks (model set vs mode, run folder choice, expert switch)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pack_module(name: str):
+    """Import ``<pack>.<name>`` without running the pack's ComfyUI entry point."""
+    pkg = "svi_pack_under_test"
+    if pkg not in sys.modules:
+        mod = types.ModuleType(pkg)
+        mod.__path__ = [str(ROOT)]
+        sys.modules[pkg] = mod
+    return importlib.import_module(f"{pkg}.{name}")
+
+
+checks = _pack_module("nodes.checks")
+errors = _pack_module("svi_core.errors")
+modes = _pack_module("svi_core.modes")
+loop = _pack_module("svi_core.loop")
+
+
+def fake_model(in_dim: int = 36, img_emb: bool = True):
+    """Stands in for a ComfyUI MODEL: ``.model.diffusion_model`` with the two tensors checked."""
+    dit = SimpleNamespace(
+        patch_embedding=SimpleNamespace(weight=torch.zeros(8, in_dim, 1, 2, 2)),
+        img_emb=object() if img_emb else None,
+    )
+    return SimpleNamespace(model=SimpleNamespace(diffusion_model=dit))
+
+
+WAN21, EXPERT, CLIPV = fake_model(), fake_model(img_emb=False), object()
+
+
+def test_valid_model_sets_pass():
+    checks.check_models(modes.get_mode("film"), WAN21, None, CLIPV)
+    checks.check_models(modes.get_mode("v2_pro"), EXPERT, EXPERT, None)
+
+
+@pytest.mark.parametrize(
+    "mode,model,low,clipv,match",
+    [
+        ("film", WAN21, None, None, "needs CLIP vision"),
+        ("shot", WAN21, WAN21, CLIPV, "uses one model"),
+        ("v2_pro", EXPERT, None, None, "needs both experts"),
+        ("v2_w22", EXPERT, None, None, "needs both experts"),
+        ("film", EXPERT, None, CLIPV, "no image embedding"),
+        ("v2_pro", WAN21, EXPERT, None, "Wan2.1 I2V"),
+        ("film", fake_model(in_dim=16), None, CLIPV, "16 input channels"),
+        ("film", SimpleNamespace(model=None), None, CLIPV, "not a Wan DiT"),
+    ],
+)
+def test_bad_model_sets_are_refused(mode, model, low, clipv, match):
+    with pytest.raises(errors.SVIError, match=match):
+        checks.check_models(modes.get_mode(mode), model, low, clipv)
+
+
+def _settings(seed: int = 0):
+    mode = modes.get_mode("shot", frames=5, seed_base=seed)
+    return loop.RunSettings(mode=mode, width=16, height=16, num_clips=1)
+
+
+FP = {"reference": "r", "prompts": "p"}
+
+
+def test_pick_run_dir_policies(tmp_path):
+    root = str(tmp_path)
+    first = checks.pick_run_dir(root, "my run", "resume", _settings(), FP)
+    assert first == os.path.join(os.path.realpath(root), "svi", "my_run")
+    # same settings: resumed in place under both resume policies
+    assert checks.pick_run_dir(root, "my run", "resume", _settings(), FP) == first
+    assert checks.pick_run_dir(root, "my run", "resume or new", _settings(), FP) == first
+    # other settings: 'resume' refuses, 'resume or new' takes the next free numbered folder
+    with pytest.raises(errors.RunStoreError, match="seed_base"):
+        checks.pick_run_dir(root, "my run", "resume", _settings(seed=7), FP)
+    other = checks.pick_run_dir(root, "my run", "resume or new", _settings(seed=7), FP)
+    assert other.endswith("my_run_001")
+    # and comes back to it for those settings
+    assert checks.pick_run_dir(root, "my run", "resume or new", _settings(seed=7), FP) == other
+    # 'new' never reuses a folder that holds a run
+    fresh = checks.pick_run_dir(root, "my run", "new", _settings(), FP)
+    assert fresh not in (first, other) and fresh.endswith("my_run_002")
+    with pytest.raises(errors.SVIError, match="on_existing_run"):
+        checks.pick_run_dir(root, "my run", "overwrite", _settings(), FP)
+
+
+def test_pick_run_dir_stays_inside_output(tmp_path):
+    path = checks.pick_run_dir(str(tmp_path), "../../escape", "new", _settings(), FP)
+    root = os.path.realpath(tmp_path)
+    assert os.path.commonpath([root, path]) == root
+
+
+def test_expert_switch_matches_the_official_rule():
+    # official 50 steps, shift 5: t_i = 1000 * 5 s / (1 + 4 s), s = 1 - i / 50
+    s = torch.linspace(1, 0, 51)[:-1]
+    sigmas = torch.cat([5 * s / (1 + 4 * s), torch.zeros(1)])
+    switch = checks.expert_switch(sigmas, 0.875)
+    assert switch == 21  # DESIGN.md §3: steps 0-20 high, 21-49 low
+    assert float(sigmas[20]) >= 0.875 > float(sigmas[21])
+    assert checks.expert_switch(sigmas, None) == 50
+    assert checks.expert_switch(sigmas, 1.5) == 0
+    assert checks.expert_switch(sigmas, 0.0) == 50
