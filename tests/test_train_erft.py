@@ -155,27 +155,30 @@ def test_bank_fill_replace_and_restore():
     base = [torch.full((16, 2, 2, 2), float(v)) for v in (0.0, 10.0, 20.0)]
     for e in base:
         bank.add(1, e)
-    assert len(bank) == 3 and not bank.cells[0]
-    assert bank.cells[1][0].dtype == torch.bfloat16
+    assert len(bank) == 3 and bank.count(0) == 0 and bank.count(1) == 3
+    assert bank.entries(1)[0].dtype == torch.bfloat16
     # full: the new error 9 is nearest to 10 -> slot 1 replaced
     slot = bank.add(1, torch.full((16, 2, 2, 2), 9.0))
     assert slot == 1 and len(bank) == 3
-    vals = sorted(float(e[0, 0, 0, 0]) for e in bank.cells[1])
+    vals = sorted(float(e[0, 0, 0, 0]) for e in bank.entries(1))
     assert vals == [0.0, 9.0, 20.0]
-    # chunked search finds the same slot as a brute force search
-    big = ErrorBank(num_cells=1, capacity=40)
+    # the fast screened search finds the brute-force nearest, also among near-duplicates
     g = torch.Generator().manual_seed(0)
-    for _ in range(40):
-        big.add(0, torch.randn(16, 1, 2, 2, generator=g))
-    q = torch.randn(16, 1, 2, 2, generator=g).to(torch.bfloat16)
-    brute = min(range(40), key=lambda i: float((big.cells[0][i].float() - q.float()).norm()))
-    assert big.nearest(0, q, chunk=7) == brute
+    base_e = torch.randn(16, 2, 4, 4, generator=g)
+    for spread in (1.0, 1e-2):
+        big = ErrorBank(num_cells=1, capacity=40)
+        for _ in range(40):
+            big.add(0, base_e + spread * torch.randn(16, 2, 4, 4, generator=g))
+        q = (base_e + spread * torch.randn(16, 2, 4, 4, generator=g)).to(torch.bfloat16)
+        stored = big.entries(0)
+        brute = min(range(40), key=lambda i: float((stored[i].float() - q.float()).norm()))
+        assert big.nearest(0, q) == brute
     with pytest.raises(ValueError, match="differs"):
         bank.add(0, torch.zeros(16, 3, 2, 2))
     restored = ErrorBank(num_cells=2, capacity=3)
     restored.load_state_dict(bank.state_dict("x"), "x")
     assert len(restored) == 3
-    for a, b in zip(bank.cells[1], restored.cells[1], strict=True):
+    for a, b in zip(bank.entries(1), restored.entries(1), strict=True):
         assert torch.equal(a, b)
 
 
