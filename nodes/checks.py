@@ -96,3 +96,45 @@ def expert_switch(sigmas: torch.Tensor, boundary: float | None) -> int:
         if float(sigmas[i]) < boundary:
             return i
     return steps
+
+
+def _first_tensor(value: Any, depth: int = 0) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if depth > 4:
+        return None
+    if hasattr(value, "weights"):  # ComfyUI's LoRAAdapter
+        return _first_tensor(value.weights, depth + 1)
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            found = _first_tensor(item, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def model_fingerprint(model: Any) -> str:
+    """A cheap identity of a ComfyUI MODEL for the run store, so a resume with another base
+    model or other LoRAs / strengths is refused (or starts a new run).
+
+    Covers: the DiT class, its patch embedding (shape and sum) and the LoRA patches (patched
+    keys, strengths, and the sum of each patch's first tensor). Not a full weight hash.
+    """
+    import hashlib
+    import json
+
+    dit = model.model.diffusion_model
+    weight = dit.patch_embedding.weight
+    patches = []
+    for key in sorted(getattr(model, "patches", {}) or {}):
+        for p in model.patches[key]:
+            t = _first_tensor(p[1])
+            total = None if t is None else round(float(t.detach().float().sum()), 4)
+            patches.append([key, round(float(p[0]), 6), round(float(p[2]), 6), total])
+    ident = [
+        type(model.model).__name__,
+        list(weight.shape),
+        round(float(weight.detach().float().sum()), 4),
+        patches,
+    ]
+    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()

@@ -27,7 +27,7 @@ from ..svi_core.modes import get_mode, mode_names
 from ..svi_core.run_store import RunStore, input_fingerprints, sha256_json
 from ..svi_core.video_io import read_last_frames
 from .backend import ComfyBackend
-from .checks import EXISTING_RUN, check_models, pick_run_dir
+from .checks import EXISTING_RUN, check_models, model_fingerprint, pick_run_dir
 from .convert import reference_from_image
 from .prompts import EncodedPrompts, SVIPrompts
 
@@ -233,7 +233,10 @@ class SVIInfiniteSampler(io.ComfyNode):
             "prompts": sha256_json([list(prompts.texts), prompts.repeat]),
             "negative": sha256_json(neg_text),
             "sampler": sha256_json([kw["sampler_name"], kw["scheduler"]]),
+            "model": model_fingerprint(kw["model"]),
         }
+        if kw.get("low_noise_model") is not None:
+            fingerprints["low_noise_model"] = model_fingerprint(kw["low_noise_model"])
         extra = input_fingerprints(reference, prompts.texts, fingerprints)
         run_dir = pick_run_dir(
             folder_paths.get_output_directory(),

@@ -111,3 +111,24 @@ def test_expert_switch_matches_the_official_rule():
     assert checks.expert_switch(sigmas, None) == 50
     assert checks.expert_switch(sigmas, 1.5) == 0
     assert checks.expert_switch(sigmas, 0.0) == 50
+
+
+def _patched(weight_value: float, strength: float | None, lora_value: float = 1.0):
+    model = fake_model()
+    model.model.diffusion_model.patch_embedding.weight = torch.full((8, 36, 1, 2, 2), weight_value)
+    adapter = SimpleNamespace(weights=(torch.full((4, 4), lora_value), torch.ones(4, 4), None))
+    model.patches = (
+        {}
+        if strength is None
+        else {"diffusion_model.blocks.0.self_attn.q.weight": [(strength, adapter, 1.0, None, None)]}
+    )
+    return model
+
+
+def test_model_fingerprint_tells_models_and_loras_apart():
+    fp = checks.model_fingerprint
+    assert fp(_patched(0.1, 1.0)) == fp(_patched(0.1, 1.0))
+    assert fp(_patched(0.1, 1.0)) != fp(_patched(0.2, 1.0)), "another base model"
+    assert fp(_patched(0.1, 1.0)) != fp(_patched(0.1, 0.5)), "another LoRA strength"
+    assert fp(_patched(0.1, 1.0)) != fp(_patched(0.1, None)), "LoRA removed"
+    assert fp(_patched(0.1, 1.0)) != fp(_patched(0.1, 1.0, lora_value=2.0)), "another LoRA file"

@@ -233,9 +233,23 @@ def test_bare_key_svi_lora_changes_output_where_stock_loader_does_not(host, obje
         },
     }
     stock[sid]["inputs"]["model"] = ["90", 0]
+    # ComfyUI's own loaders (Load Diffusion Model, Load VAE) + SVI LoRA Loader
+    native = copy.deepcopy(no_lora)
+    native["91"] = {
+        "class_type": "UNETLoader",
+        "inputs": {"unet_name": "wan2.1_i2v_480p_14B_fp16.safetensors", "weight_dtype": "default"},
+    }
+    native["92"] = {
+        "class_type": "SVILoraLoader",
+        "inputs": {"model": ["91", 0], "lora_name": "svi-shot.safetensors", "strength": 1.0},
+    }
+    native["93"] = {"class_type": "VAELoader", "inputs": {"vae_name": "wan_2.1_vae.safetensors"}}
+    native[sid]["inputs"]["model"] = ["92", 0]
+    native[sid]["inputs"]["vae"] = ["93", 0]
     lat_none, lat_ours, lat_stock = run(no_lora), run(ours), run(stock)
     assert (lat_ours - lat_none).abs().max() > 1e-3, "the SVI LoRA did not change the output"
     assert (lat_stock - lat_none).abs().max() == 0, "stock ComfyUI applied bare keys after all?"
+    assert (run(native) - lat_ours).abs().max() == 0, "native loaders + SVI LoRA Loader differ"
 
 
 # ----- bad input fails before sampling -------------------------------------------------------
