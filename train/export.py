@@ -34,12 +34,16 @@ def diffusers_lora_targets(official_targets: tuple[str, ...], num_blocks: int) -
 
 def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The peft LoRA tensors of ``model`` (names as peft stores them, e.g.
-    ``blocks.0.attn1.to_q.lora_A.default.weight``), detached on the CPU."""
-    return {
-        name: p.detach().cpu()
-        for name, p in model.named_parameters()
-        if ".lora_A." in name or ".lora_B." in name
-    }
+    ``blocks.0.attn1.to_q.lora_A.default.weight``), detached on the CPU (FSDP shards are
+    gathered to full tensors)."""
+    out = {}
+    for name, p in model.named_parameters():
+        if ".lora_A." in name or ".lora_B." in name:
+            t = p.detach()
+            if hasattr(t, "full_tensor"):
+                t = t.full_tensor()
+            out[name] = t.cpu()
+    return out
 
 
 def canonical_lora_tensors(

@@ -122,9 +122,7 @@ def train(config: TrainConfig, models: TrainModels | None = None) -> Path:
     base = models.transformer if models.transformer is not None else _load_dit(config)
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
     model = add_lora(base, config).to(device)
-    for p in model.parameters():
-        if not p.requires_grad:
-            p.data = p.data.to(dtype)
+    _cast_frozen(model, dtype)
     if config.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
         model.enable_gradient_checkpointing()
     model.train()
@@ -352,6 +350,18 @@ def add_lora(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
     return model
 
 
+def _cast_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast the frozen float32 weights to ``dtype`` except the modules diffusers keeps in fp32
+    (time embedder, norms, modulation tables); LoRA parameters stay float32."""
+    keep = tuple(getattr(type(model), "_keep_in_fp32_modules", None) or ())
+    for name, p in model.named_parameters():
+        if p.requires_grad or p.dtype != torch.float32 or dtype == torch.float32:
+            continue
+        if any(k in name.split(".") for k in keep):
+            continue
+        p.data = p.data.to(dtype)
+
+
 def _check_clip(model: torch.nn.Module, sample: TrainSample) -> bool:
     """Whether to feed CLIP features: the DiT has an image embedding (Wan2.1 I2V). Raises
     when it has one but the cache holds no CLIP feature."""
@@ -515,10 +525,9 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier(world)
+    lora = lora_state_dict(model)  # every rank: gathering FSDP shards is collective
     if rank == 0:
-        save_file(
-            {k: v.float() for k, v in lora_state_dict(model).items()}, str(tmp / "lora.safetensors")
-        )
+        save_file({k: v.float() for k, v in lora.items()}, str(tmp / "lora.safetensors"))
     torch.save(optimizer.state_dict(), tmp / f"optimizer.rank{rank}.pt")
     if config.save_banks and config.erft_enabled:
         save_file(banks.state_dict(), str(tmp / f"banks.rank{rank}.safetensors"))
