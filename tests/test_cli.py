@@ -167,18 +167,47 @@ def test_generate_film_end_to_end_then_extend(tmp_path, inputs, caplog, tiny_mod
     assert "steps=2" in caplog.text and "steps=3" in caplog.text
 
 
-def test_generate_pro_two_experts(tmp_path, inputs, caplog, tiny_models):
+def tiny_umt5(tmp_path):
+    """A 32-wide UMT5 encoder (HF names, as ComfyUI ships it) and a word-level tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    words = sorted({w for p in PROMPTS for w in p.split()})
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: i + 3 for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", 1)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+    fast.save_pretrained(str(tmp_path / "tokenizer"))
+    torch.manual_seed(0)
+    cfg = UMT5Config(vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=48, num_layers=1, num_heads=4,
+                     relative_attention_num_buckets=8, feed_forward_proj="gated-gelu")  # fmt: skip
+    sd = UMT5EncoderModel(cfg).state_dict()
+    sd = {k: v.contiguous() for k, v in sd.items() if k != "encoder.embed_tokens.weight"}
+    save_file(sd, str(tmp_path / "umt5.safetensors"))
+    return tmp_path / "umt5.safetensors", tmp_path / "tokenizer"
+
+
+def test_generate_pro_two_experts_with_umt5(tmp_path, inputs, caplog, tiny_models):
     from svi_core.video_io import count_frames
 
     m = tiny_models
     img, prompts = inputs
+    umt5, tokenizer = tiny_umt5(tmp_path)
     out = tmp_path / "pro.mp4"
     args = [
         "generate", "--mode", "v2_pro", "--model", str(m["wan22_i2v_dit"]),
         "--low-noise-model", str(m["wan22_i2v_dit"]), "--vae", str(m["wan21_vae"]),
-        "--text-embeddings", str(m["emb"]), "--image", str(img), "--prompts", str(prompts),
+        "--text-encoder", str(umt5), "--tokenizer", str(tokenizer),
+        "--image", str(img), "--prompts", str(prompts),
         "--frames", "9", "--steps", "3", "--width", "32", "--height", "32", "--clips", "2",
         "--output", str(out), "--no-progress",
     ]  # fmt: skip
     assert main(args) == 0, caplog.text
     assert count_frames(out) == 9 + (9 - 5)
+    manifest = json.loads((tmp_path / "pro.run" / "manifest.json").read_text())
+    assert manifest["settings"]["boundary"] == 0.875 and manifest["settings"]["motion_latents"] == 1
