@@ -283,7 +283,7 @@ class SVIInfiniteSampler(io.ComfyNode):
         frames = torch.from_numpy(read_last_frames(result.video, count)).float() / 255.0
         latent = {"samples": denormalise(last["latent"].float())}
         video = InputImpl.VideoFromFile(str(result.video))
-        subfolder = os.path.relpath(run_dir, folder_paths.get_output_directory())
+        subfolder = os.path.relpath(run_dir, os.path.realpath(folder_paths.get_output_directory()))
         preview = ui.PreviewVideo(
             [ui.SavedResult(os.path.basename(video_path), subfolder, io.FolderType.output)]
         )
