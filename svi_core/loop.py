@@ -189,7 +189,7 @@ def run_clips(
     stream = validate_inputs(settings, inputs)
     mode = settings.mode
     fingerprints = input_fingerprints(
-        inputs.reference, inputs.prompts, inputs.negative, inputs.fingerprints
+        inputs.reference, inputs.prompts, inputs.fingerprints, negative=inputs.negative
     )
     store = RunStore.open(run_dir, settings.identity(), fingerprints)
     negative = inputs.negative if inputs.negative is not None else mode.negative_prompt
@@ -200,7 +200,9 @@ def run_clips(
     if 0 < start < settings.num_clips:
         state = store.load_state(start - 1)
         carry = Carry(motion_frames=state.get("motion"), latent=state["latent"])
-    anchor = anchor_latent(backend, inputs.reference) if mode.carry == "latent" else None
+    anchor = None
+    if mode.carry == "latent" and start < settings.num_clips:
+        anchor = anchor_latent(backend, inputs.reference)
 
     generated = 0
     try:

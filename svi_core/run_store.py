@@ -358,8 +358,9 @@ def fingerprint(value: Any) -> str:
 def input_fingerprints(
     reference: torch.Tensor,
     prompts: Sequence[Any],
-    negative: Any = None,
     extra: Mapping[str, str] | None = None,
+    *,
+    negative: Any = None,
 ) -> dict[str, str]:
     """Fingerprints of a run's inputs: the resized reference (uint8), the prompt items, a
     non-default negative, plus ``extra`` (model and LoRA files; may override any entry)."""
