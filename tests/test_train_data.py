@@ -22,6 +22,15 @@ from train.data import (
 from train.tiny import moving_frames, tiny_clip_encoder, tiny_text_encoder, write_video
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models run faster on one thread (no spinning on the shared 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _frames_with_index(n: int, h: int = 32, w: int = 48) -> np.ndarray:
     """Frame i is flat grey level 10 * i (survives the codec well)."""
     return np.stack([np.full((h, w, 3), 10 * i, dtype=np.uint8) for i in range(n)])

@@ -30,6 +30,15 @@ from train.tiny import (
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models run faster on one thread (no spinning on the shared 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> tuple[Path, Encoders]:
     root = tmp_path_factory.mktemp("erft")
