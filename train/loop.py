@@ -17,6 +17,7 @@ exactly; checkpoints also keep the torch RNG states for anything outside this lo
 from __future__ import annotations
 
 import csv
+import gc
 import hashlib
 import json
 import math
@@ -77,7 +78,8 @@ CSV_COLUMNS = (
 class TrainModels:
     """Models handed to :func:`train` instead of loading them from the config's paths.
 
-    transformer: a diffusers ``WanTransformer3DModel`` (the base DiT, without LoRA).
+    transformer: a diffusers ``WanTransformer3DModel`` (the base DiT, without LoRA); it is
+        modified in place (frozen, LoRA layers injected, cast to the training precision).
     encoders: what fills the cache (unused when the cache is complete); None -> load from paths.
     """
 
@@ -103,6 +105,10 @@ def train(config: TrainConfig, models: TrainModels | None = None) -> Path:
     items = list_videos(config.dataset, config.default_caption)
     encoders = models.encoders or (lambda: _load_encoders(config, device))
     samples, skipped = build_cache(config, items, encoders, rank, world)
+    del encoders  # a loaded VAE / text / CLIP encoder is not needed any more
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     cache = FeatureCache(config.cache_path)
     by_video = _group_by_video(samples)
     videos = sorted(by_video)
