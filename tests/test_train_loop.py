@@ -269,3 +269,51 @@ def test_ddp_two_processes_gloo(toy, tmp_path: Path):
     banks = load_file(str(ckpt / "banks.rank0.safetensors"))
     assert sum(v.shape[0] for k, v in banks.items() if k.startswith("noise.")) >= 2
     assert len(_rows(out / "loss.csv")) == 4
+
+
+FIXTURES = Path("/work/shared/fixtures")
+
+
+@pytest.mark.skipif(not (FIXTURES / "wan21_i2v_dit").is_dir(), reason="shared fixtures absent")
+def test_cli_end_to_end_with_model_files(toy, tmp_path: Path):
+    """`python -m train` loads an official-layout DiT and VAE through svi_core's loaders; the
+    text / CLIP side comes from a context file."""
+    from safetensors.torch import save_file
+
+    from train.cli import main
+
+    root, _ = toy
+    ctx = tmp_path / "ctx.safetensors"
+    g = torch.Generator().manual_seed(0)
+    context = torch.zeros(512, 32)
+    context[:7] = torch.randn(7, 32, generator=g)
+    save_file({"context": context, "clip_fea": torch.randn(257, 96, generator=g)}, str(ctx))
+    toml = tmp_path / "run.toml"
+    toml.write_text(
+        textwrap.dedent(
+            f"""
+            [train]
+            preset = "film"
+            dataset = {str(root / "ds")!r}
+            output_dir = {str(tmp_path / "out")!r}
+            dit_path = {str(FIXTURES / "wan21_i2v_dit" / "model.safetensors")!r}
+            vae_path = {str(FIXTURES / "wan21_vae" / "model.safetensors")!r}
+            context_file = {str(ctx)!r}
+            num_frames = 9
+            height = 32
+            width = 48
+            augment_draws = 1
+            lora_rank = 4
+            lora_alpha = 4.0
+            """
+        )
+    )
+    assert main(["--config", str(toml), "--max_steps", "3", "--precision", "fp32"]) == 0
+    lora = load_lora(tmp_path / "out" / "svi-film-erft.safetensors")
+    assert len(lora) == 2 * 10 and lora.rank == 4
+    assert len(_rows(tmp_path / "out" / "loss.csv")) == 3
+    # same settings, more steps: resumes from the checkpoint; other settings: refused
+    assert main(["--config", str(toml), "--max_steps", "4", "--resume", "latest"]) == 2  # bf16
+    assert main(["--config", str(toml), "--max_steps", "4", "--precision", "fp32",
+                 "--resume", "latest"]) == 0  # fmt: skip
+    assert [int(r["step"]) for r in _rows(tmp_path / "out" / "loss.csv")] == [1, 2, 3, 4]
