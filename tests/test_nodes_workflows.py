@@ -1,0 +1,69 @@
+"""Tier 1: the shipped drag-and-drop workflows are well-formed UI JSON and document their files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = sorted((ROOT / "workflows").glob("*.json"))
+MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth")
+CORE_TYPES = {"LoadImage", "CLIPLoader", "CLIPVisionLoader", "MarkdownNote", "Note"}
+
+
+def test_the_three_workflows_ship():
+    names = {p.stem for p in FILES}
+    assert {"SVI-Shot_Wan2.1", "SVI-Film_Wan2.1_prompt_stream", "SVI-2.0-Pro_Wan2.2"} <= names
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_workflow_is_consistent_ui_json(path):
+    wf = json.loads(path.read_text(encoding="utf-8"))
+    assert wf["version"] == 0.4
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert len(nodes) == len(wf["nodes"]) and wf["last_node_id"] >= max(nodes)
+    assert wf["last_link_id"] >= max(link[0] for link in wf["links"])
+    for n in nodes.values():
+        assert n["type"].startswith("SVI") or n["type"] in CORE_TYPES, n["type"]
+    for link_id, src, slot, dst, dst_slot, typ in wf["links"]:
+        out = nodes[src]["outputs"][slot]
+        inp = nodes[dst]["inputs"][dst_slot]
+        assert link_id in out["links"] and inp["link"] == link_id
+        assert out["type"] == inp["type"] == typ
+    for n in nodes.values():  # no dangling link ids
+        for inp in n.get("inputs", []):
+            assert inp["link"] is None or any(lk[0] == inp["link"] for lk in wf["links"])
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_note_lists_every_model_file_and_folder(path):
+    wf = json.loads(path.read_text(encoding="utf-8"))
+    notes = [n for n in wf["nodes"] if n["type"] in ("MarkdownNote", "Note")]
+    assert notes, "each workflow holds a note listing the files it needs"
+    text = "\n".join(str(v) for n in notes for v in n["widgets_values"])
+    files = {
+        v
+        for n in wf["nodes"]
+        if n["type"] not in ("MarkdownNote", "Note")
+        for v in n.get("widgets_values", [])
+        if isinstance(v, str) and v.endswith(MODEL_SUFFIXES)
+    }
+    assert files, "the workflow names its model files"
+    for f in files:
+        assert f in text, f"{f} is used but not listed in the note"
+    for folder in ("diffusion_models", "loras", "text_encoders", "vae"):
+        assert f"models/{folder}/" in text
+
+
+def test_wan21_workflows_have_clip_vision_and_wan22_two_experts():
+    for path in FILES:
+        wf = json.loads(path.read_text(encoding="utf-8"))
+        sampler = next(n for n in wf["nodes"] if n["type"] == "SVIInfiniteSampler")
+        linked = {i["name"] for i in sampler["inputs"] if i["link"] is not None}
+        mode = sampler["widgets_values"][0]
+        if mode in ("v2_pro", "v2_w22"):
+            assert {"model", "low_noise_model"} <= linked and "clip_vision" not in linked
+        else:
+            assert "clip_vision" in linked and "low_noise_model" not in linked
