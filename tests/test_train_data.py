@@ -213,6 +213,10 @@ def test_config_presets_and_errors(tmp_path: Path):
     assert (c.mode, c.learning_rate, c.max_steps) == ("film", 2e-4, 9)
     with pytest.raises(SVIError, match="num_frames=80"):
         preset("shot", num_frames=80)
+    with pytest.raises(SVIError, match="'attn.q' is not a Wan block module"):
+        load_config(None, lora_targets="self_attn.q,attn.q")
+    with pytest.raises(SVIError, match="plain file name"):
+        preset("shot", export_name="../elsewhere.safetensors")
     with pytest.raises(SVIError, match="expects"):
         load_config(None, lora_rank="many")
     # the fingerprint ignores run-only fields, not training fields

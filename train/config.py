@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
 from svi_core.errors import SVIError
-from svi_core.wan_keys import SVI_LORA_TARGETS
+from svi_core.wan_keys import SVI_LORA_TARGETS, official_to_diffusers
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -117,7 +117,7 @@ class TrainConfig:
     save_banks: bool = True
     resume: str = ""
     distributed: Literal["ddp", "fsdp"] = "ddp"
-    log_every: int = 1
+    log_every: int = 10
     export_dtype: Literal["bf16", "fp32"] = "bf16"
     export_name: str = ""
 
@@ -225,8 +225,23 @@ def _check(c: TrainConfig) -> list[str]:
     for name, allowed in _LITERALS.items():
         if getattr(c, name) not in allowed:
             p.append(f"{name}={getattr(c, name)!r} must be one of {list(allowed)}")
+    if c.export_name and (
+        Path(c.export_name).name != c.export_name or c.export_name in ("..", ".")
+    ):
+        p.append(
+            f"export_name={c.export_name!r} must be a plain file name (it is written inside "
+            "output_dir)"
+        )
     if not c.lora_targets:
         p.append("lora_targets is empty")
+    for t in c.lora_targets:
+        try:
+            official_to_diffusers(f"blocks.0.{t}")
+        except KeyError:
+            p.append(
+                f"lora_targets entry {t!r} is not a Wan block module (official names, e.g. "
+                f"{', '.join(SVI_LORA_TARGETS)})"
+            )
     return p
 
 
