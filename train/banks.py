@@ -143,11 +143,13 @@ class ErrorBank:
         raise AssertionError("unreachable")
 
     def state_dict(self, prefix: str) -> dict[str, torch.Tensor]:
-        """``{f"{prefix}.{cell}": [n, *shape]}`` for every non-empty cell (bank dtype)."""
+        """``{f"{prefix}.{cell}": [n, *shape]}`` for every non-empty cell (bank dtype). The
+        tensors are views of the bank (no copy: banks can be huge); save them before the next
+        update."""
         if self._cells is None or self.shape is None:
             return {}
         return {
-            f"{prefix}.{i}": c.data[: c.count].reshape(c.count, *self.shape).clone()
+            f"{prefix}.{i}": c.data[: c.count].view(c.count, *self.shape)
             for i, c in enumerate(self._cells)
             if c.count
         }
