@@ -201,12 +201,16 @@ def test_resume_matches_uninterrupted_run(toy):
 
 def test_plain_lora_has_no_banks(toy):
     root, enc = toy
-    cfg = _cfg(root, "plain", max_steps=3, erft_enabled=False)
+    # also the bf16 path (frozen base in bf16 except diffusers' fp32 modules, fp32 LoRA, autocast)
+    cfg = _cfg(root, "plain", max_steps=3, erft_enabled=False, precision="bf16")
     path = train(cfg, _models(enc))
     assert path.name == "svi-shot-plain.safetensors"
     rows = _rows(root / "plain" / "loss.csv")
     assert all(r["bank_entries"] == "0" and r["latent_err"] == "0" for r in rows)
     assert not list((root / "plain" / "checkpoints").glob("*/banks.*"))
+    assert all(float(r["loss"]) == float(r["loss"]) and float(r["grad_norm"]) > 0 for r in rows)
+    lora = load_file(str(root / "plain" / "checkpoints" / "step_0000003" / "lora.safetensors"))
+    assert any(float(v.abs().sum()) > 0 for k, v in lora.items() if "lora_B" in k)
 
 
 def test_bad_input_errors(toy, tmp_path: Path):

@@ -268,13 +268,15 @@ def erft_step(
         x0_in = x0 + scale * banks.video.sample(cell, rng).to(device, dtype).unsqueeze(0)
     x_t = noisy_latent(x0_in, noise_in, td.s)
     target = flow_target(x0, noise_in)
-    pred = model(
-        hidden_states=torch.cat([x_t, y], dim=1),
-        timestep=torch.tensor([td.t], dtype=torch.float32, device=device),
-        encoder_hidden_states=sample.context.to(device, dtype),
-        encoder_hidden_states_image=sample.clip.to(device, dtype) if use_clip else None,
-        return_dict=False,
-    )[0]
+    # bf16: autocast like the official Lightning "bf16" precision (fp32 LoRA masters, bf16 math)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        pred = model(
+            hidden_states=torch.cat([x_t, y], dim=1),
+            timestep=torch.tensor([td.t], dtype=torch.float32, device=device),
+            encoder_hidden_states=sample.context.to(device, dtype),
+            encoder_hidden_states_image=sample.clip.to(device, dtype) if use_clip else None,
+            return_dict=False,
+        )[0]
     loss = weighted_mse(pred, target, td.weight)
     e_noi = e_vid = None
     if config.erft_enabled:
