@@ -38,8 +38,8 @@ def quantise_frames(pixels: torch.Tensor) -> torch.Tensor:
     """
     if pixels.ndim != 5 or pixels.shape[:2] != (1, 3):
         raise ValueError(f"expected pixels [1, 3, F, H, W]; got {tuple(pixels.shape)}")
-    x = pixels[0].detach().float().cpu().clamp(-1.0, 1.0)
-    u = ((x + 1.0) * 127.5).clamp(0.0, 255.0).to(torch.uint8)
+    x = pixels[0].detach().float().cpu().clamp(-1.0, 1.0)  # one float32 copy, then in place
+    u = x.add_(1.0).mul_(127.5).clamp_(0.0, 255.0).to(torch.uint8)
     return u.permute(1, 2, 3, 0).contiguous()
 
 
