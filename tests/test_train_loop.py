@@ -248,7 +248,7 @@ def test_ddp_two_processes_gloo(toy, tmp_path: Path):
             cfg = preset("shot", dataset={str(root / "ds")!r}, output_dir={str(tmp_path / "out")!r},
                          cache_dir={str(tmp_path / "cache")!r}, num_frames=5, height=32, width=48,
                          augment_draws=1, precision="fp32", lora_rank=4, lora_alpha=4.0,
-                         bank_warmup_iters=2, max_steps=4, checkpoint_every=2)
+                         bank_warmup_iters=2, max_steps=4, checkpoint_every=2, clean_prob=0.0)
             train(cfg, TrainModels(transformer=tiny_transformer(num_layers=1), encoders=enc))
             """
         )
@@ -269,9 +269,18 @@ def test_ddp_two_processes_gloo(toy, tmp_path: Path):
     assert (ckpt / "banks.rank0.safetensors").is_file() and (
         ckpt / "banks.rank1.safetensors"
     ).is_file()
-    # during warm-up both ranks store both ranks' errors: 2 steps x 2 ranks entries at least
-    banks = load_file(str(ckpt / "banks.rank0.safetensors"))
-    assert sum(v.shape[0] for k, v in banks.items() if k.startswith("noise.")) >= 2
+    # warm-up (2 steps): every rank stores both ranks' errors (4 entries, the same on both
+    # ranks); then each rank stores only its own (2 more, different per rank)
+    b0 = load_file(str(ckpt / "banks.rank0.safetensors"))
+    b1 = load_file(str(ckpt / "banks.rank1.safetensors"))
+
+    def entries(banks):
+        return [e for k, v in sorted(banks.items()) if k.startswith("noise.") for e in v]
+
+    e0, e1 = entries(b0), entries(b1)
+    assert len(e0) == len(e1) == 6
+    shared = sum(any(torch.equal(a, b) for b in e1) for a in e0)
+    assert shared == 4
     assert len(_rows(out / "loss.csv")) == 4
 
 
