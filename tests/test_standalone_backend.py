@@ -106,3 +106,32 @@ def test_model_and_mode_mismatch_is_an_error():
     w22 = DiffusersBackend(tiny_dit(1, image=False), tiny_vae(), text_encoder=text)
     with pytest.raises(SVIError, match="no image embedding"):
         w22.denoise(request(clip=True))
+
+
+@pytest.mark.slow
+def test_resume_on_tiny_diffusers_models_is_bit_exact(tmp_path):
+    from safetensors.torch import load_file
+
+    from svi_core.errors import Cancelled
+    from svi_core.loop import LoopInputs, RunSettings, run_clips
+    from svi_core.modes import get_mode
+
+    be = DiffusersBackend(tiny_dit(1), tiny_vae(), text_encoder=text, image_encoder=image)
+    s = RunSettings(mode=get_mode("tom", frames=5, steps=2), width=32, height=32, num_clips=3)
+    ref = torch.randint(
+        0, 256, (32, 32, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
+    inputs = LoopInputs(ref, ["a cat", "a dog"])
+    run_clips(be, s, inputs, tmp_path / "a")
+
+    def cancel(clip, done, total):
+        if clip == 2 and done == 1:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        run_clips(be, s, inputs, tmp_path / "b", on_step=cancel)
+    assert run_clips(be, s, inputs, tmp_path / "b").clips_generated == 1
+    for k in range(3):
+        a = load_file(str(tmp_path / "a" / "clips" / f"clip_{k:05d}.safetensors"))
+        b = load_file(str(tmp_path / "b" / "clips" / f"clip_{k:05d}.safetensors"))
+        assert torch.equal(a["latent"], b["latent"]) and torch.equal(a["motion"], b["motion"])
