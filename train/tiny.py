@@ -34,7 +34,7 @@ def tiny_transformer(seed: int = 0, num_layers: int = 2, i2v: bool = True) -> to
         num_layers=num_layers,
         image_dim=TINY_CLIP_DIM if i2v else None,
         added_kv_proj_dim=TINY_CLIP_DIM if i2v else None,
-    ).eval()
+    ).train(False)
 
 
 def tiny_vae(seed: int = 0) -> torch.nn.Module:
@@ -42,7 +42,9 @@ def tiny_vae(seed: int = 0) -> torch.nn.Module:
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(seed)
-    return AutoencoderKLWan(base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).eval()
+    return AutoencoderKLWan(base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).train(
+        False
+    )
 
 
 def tiny_text_encoder(seed: int = 0):
