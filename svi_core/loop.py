@@ -7,7 +7,8 @@ the head of every clip after the first); stream the kept frames to disk; persist
 Every finished clip is committed to the run directory (:mod:`svi_core.run_store`), so a crash
 or a cancel loses at most the clip in progress and a rerun with the same settings resumes.
 
-Memory does not grow with the number of clips: only one clip's frames are ever held.
+Memory does not grow with the number of clips: at most two clips' frames are held (the one
+being generated and the previous one, while its segment is encoded in the background).
 """
 
 from __future__ import annotations
