@@ -228,7 +228,8 @@ def test_bad_input_errors(toy, tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_gloo(toy, tmp_path: Path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_distributed_two_processes_gloo(toy, tmp_path: Path, strategy: str):
     root, _ = toy
     script = tmp_path / "ddp_run.py"
     script.write_text(
@@ -248,7 +249,8 @@ def test_ddp_two_processes_gloo(toy, tmp_path: Path):
             cfg = preset("shot", dataset={str(root / "ds")!r}, output_dir={str(tmp_path / "out")!r},
                          cache_dir={str(tmp_path / "cache")!r}, num_frames=5, height=32, width=48,
                          augment_draws=1, precision="fp32", lora_rank=4, lora_alpha=4.0,
-                         bank_warmup_iters=2, max_steps=4, checkpoint_every=2, clean_prob=0.0)
+                         bank_warmup_iters=2, max_steps=4, checkpoint_every=2, clean_prob=0.0,
+                         distributed={strategy!r})
             train(cfg, TrainModels(transformer=tiny_transformer(num_layers=1), encoders=enc))
             """
         )

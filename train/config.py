@@ -57,7 +57,7 @@ class TrainConfig:
     Run: ``max_steps`` 0 = ``max_epochs`` x samples; checkpoints every ``checkpoint_every``
     steps (LoRA, optimizer, banks if ``save_banks``, RNG states, step, config hash);
     ``resume`` = "" / "latest" / a checkpoint folder. ``distributed``: ``ddp`` (torchrun) or
-    ``fsdp`` (untested here). ``export_dtype`` of the exported LoRA file.
+    ``fsdp`` (FSDP2 per block; tested on CPU/gloo only). ``export_dtype`` of the exported LoRA file.
     """
 
     mode: Literal["shot", "film"] = "shot"
