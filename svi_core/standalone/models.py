@@ -163,7 +163,7 @@ def load_wan_transformer(
             for k, v in converted.items()
         }
     _load_strict(model, converted, path, "Wan DiT (diffusers WanTransformer3DModel)")
-    return model.eval()
+    return model.train(False)
 
 
 # --------------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def load_wan_vae(
     with _empty_weights():
         vae = AutoencoderKLWan(**cfg.diffusers_kwargs())
     _load_strict(vae, converted, path, "Wan2.1 VAE (diffusers AutoencoderKLWan)")
-    return vae.eval().requires_grad_(False)
+    return vae.train(False).requires_grad_(False)
 
 
 @torch.no_grad()
@@ -352,7 +352,7 @@ def load_umt5_encoder(
             f"cannot load the UMT5 tokenizer from '{tok_dir}' ({exc}); expected the "
             "google/umt5-xxl tokenizer files."
         ) from exc
-    return model.eval().requires_grad_(False), tokenizer
+    return model.train(False).requires_grad_(False), tokenizer
 
 
 def _clean_prompt(text: str) -> str:
@@ -502,7 +502,7 @@ def load_clip_vision(
         if name in model.state_dict():
             full.setdefault(name, buf)
     _load_strict(model, full, path, "CLIP vision encoder (transformers CLIPVisionModel)")
-    return model.eval().requires_grad_(False)
+    return model.train(False).requires_grad_(False)
 
 
 @torch.no_grad()
