@@ -65,8 +65,10 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4, help="DiT blocks")
     ap.add_argument("--heads", type=int, default=4, help="DiT heads of 32 channels")
     ap.add_argument("--codec", choices=["cheap", "vae"], default="cheap")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: less noise)")
     a = ap.parse_args()
     torch.set_grad_enabled(False)
+    torch.set_num_threads(a.threads)
     backend = tiny_backend(dim_heads=a.heads, head_dim=32, layers=a.layers)
     if a.codec == "cheap":
         backend = CheapCodecBackend(backend)
