@@ -143,7 +143,7 @@ class DiffusersBackend:
 
         out = sample_flow(
             velocity,
-            request.noise,
+            request.noise.to(dev),  # x stays on the DiT's device during sampling
             steps=request.steps,
             cfg=request.cfg,
             shift=request.shift,
