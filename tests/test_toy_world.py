@@ -11,7 +11,7 @@ from svi_core.toy.world import ToyScene, WorldConfig, toy_clip, toy_first_frame
 def test_same_seed_same_video_and_windows_agree():
     a = toy_clip(7, 9)
     b = toy_clip(7, 9)
-    assert a.shape == (9, 64, 96, 3) and a.dtype == np.uint8
+    assert a.shape == (9, 48, 64, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(ToyScene(7).frames(4, 5), a[4:])
     np.testing.assert_array_equal(toy_first_frame(7), a[0])

@@ -5,7 +5,7 @@ the camera can pan over it), 2-4 coloured shapes (discs and squares) that move a
 a slow global lighting change. Everything is derived from one integer seed, so the same seed
 gives the same video bit for bit.
 
-Frames are uint8 ``[N, H, W, 3]`` (RGB). H and W default to 64 x 96 (multiples of 16, as Wan
+Frames are uint8 ``[N, H, W, 3]`` (RGB). H and W default to 48 x 64 (multiples of 16, as Wan
 needs).
 """
 
@@ -29,8 +29,8 @@ class WorldConfig:
         light_period: frames per lighting cycle (slowest; each scene draws its own).
     """
 
-    height: int = 64
-    width: int = 96
+    height: int = 48
+    width: int = 64
     min_shapes: int = 2
     max_shapes: int = 4
     max_speed: float = 1.5
@@ -42,7 +42,7 @@ class WorldConfig:
         if self.height % 16 or self.width % 16 or self.height <= 0 or self.width <= 0:
             raise ValueError(
                 f"toy world size {self.height}x{self.width}: height and width must be positive "
-                "multiples of 16 (Wan needs them); pick e.g. 64x96"
+                "multiples of 16 (Wan needs them); pick e.g. 48x64"
             )
         if not 1 <= self.min_shapes <= self.max_shapes:
             raise ValueError(
