@@ -345,7 +345,7 @@ def build_backend(opts: GenerateOptions):
         def image_encoder(frame: torch.Tensor) -> torch.Tensor:
             return clip_vision_features(cv, frame)
 
-    return DiffusersBackend(
+    backend = DiffusersBackend(
         high,
         vae,
         low_noise_transformer=low,
@@ -355,6 +355,9 @@ def build_backend(opts: GenerateOptions):
         dtype=opts.dtype,
         batch_cfg=opts.batch_cfg,
     )
+    # every prompt is known up front: encode them all, then free the text encoder
+    backend.precompute_text([*opts.prompts, opts.settings.mode.negative_prompt])
+    return backend
 
 
 def generate(opts: GenerateOptions, backend=None) -> RunResult:

@@ -12,7 +12,7 @@ Spaces: the loop hands NORMALISED latents; the VAE works in RAW space, converted
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,14 @@ class DiffusersBackend:
             on_step=on_step,
         )
         return out.float().cpu()
+
+    def precompute_text(self, prompts: Sequence[str], release_encoder: bool = True) -> None:
+        """Encode every prompt now (cached on the CPU); then drop the text encoder when
+        ``release_encoder`` so its memory (UMT5-XXL: ~11 GB in bf16) is freed for the DiT."""
+        for p in dict.fromkeys(prompts):
+            self._context(p)
+        if release_encoder:
+            self.text_encoder = None
 
     # ----- helpers ------------------------------------------------------------------------
 
