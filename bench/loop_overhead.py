@@ -10,7 +10,7 @@ on a small CPU costs more than the DiT, unlike real Wan). Rounds alternate which
 the ratio is the median of the per-round ratios. Target: ratio <= 1.03. The LAST line printed
 is the ratio.
 
-    python bench/loop_overhead.py [--clips 3] [--steps 10] [--size 128] [--frames 17] [--rounds 4]
+    python bench/loop_overhead.py [--clips 4] [--steps 50] [--size 128] [--frames 17] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -57,11 +57,11 @@ def cpu_seconds() -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--clips", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--clips", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--frames", type=int, default=17)
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--layers", type=int, default=4, help="DiT blocks")
     ap.add_argument("--heads", type=int, default=4, help="DiT heads of 32 channels")
     ap.add_argument("--codec", choices=["cheap", "vae"], default="cheap")
