@@ -34,7 +34,7 @@ def _model_options(weight_dtype: str) -> dict:
         raise CheckpointError(
             f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}"
         )
-    options: dict = {"dtype": getattr(torch, weight_dtype.replace("_fast", ""))}
+    options: dict = {"dtype": getattr(torch, "float8_" + weight_dtype.split("_")[1])}
     if weight_dtype.endswith("_fast"):
         options["fp8_optimizations"] = True
     return options

@@ -301,3 +301,74 @@ def test_wan22_mode_with_one_model_is_refused(host, object_info):
 def test_bad_size_or_frames_is_refused(host, object_info, change, expect):
     api = _twin("SVI-Shot_Wan2.1", object_info, **change)
     _fails_before_sampling(host, api, _sampler_id(api), expect)
+
+
+# ----- SVI Clip Conditioning in a hand-built KSampler graph ---------------------------------
+
+
+def test_clip_conditioning_in_ksampler_graph_matches_the_sampler(host):
+    """Clip 0 of film built by hand (SVI Clip Conditioning -> ModelSamplingSD3 -> KSampler)
+    equals clip 0 of the Infinite Sampler: same conditioning code, same noise, same sampler."""
+    from safetensors.torch import load_file
+
+    from svi_core.latents import normalise
+    from svi_core.modes import NEGATIVE_PROMPT_EN
+
+    prompt, prefix = "a cat walks along a wall", f"manual_{uuid.uuid4().hex[:6]}"
+    common = {
+        "1": {"class_type": "SVIModelLoader", "inputs": {
+            "model_name": "wan2.1_i2v_480p_14B_fp16.safetensors",
+            "lora_name": "svi-film-opt-10212025.safetensors", "lora_strength": 1.0,
+            "vae_name": "wan_2.1_vae.safetensors", "low_noise_model_name": "none",
+            "low_noise_lora_name": "none", "weight_dtype": "default"}},
+        "2": {"class_type": "SVITestCLIPLoader", "inputs": {"clip_name": "fake", "type": "wan"}},
+        "3": {"class_type": "SVITestCLIPVisionLoader", "inputs": {"clip_name": "fake"}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+    }  # fmt: skip
+    manual = dict(common)
+    manual.update({
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": prompt}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": NEGATIVE_PROMPT_EN}},
+        "7": {"class_type": "SVIClipConditioning", "inputs": {
+            "positive": ["5", 0], "negative": ["6", 0], "vae": ["1", 2], "reference_image": ["4", 0],
+            "mode": "film", "width": WIDTH, "height": HEIGHT, "frames": FRAMES,
+            "clip_vision": ["3", 0]}},
+        "8": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["1", 0], "shift": 5.0}},
+        "9": {"class_type": "KSampler", "inputs": {
+            "model": ["8", 0], "seed": 0, "steps": STEPS, "cfg": 2.0, "sampler_name": "euler",
+            "scheduler": "simple", "positive": ["7", 0], "negative": ["7", 1],
+            "latent_image": ["7", 2], "denoise": 1.0}},
+        "10": {"class_type": "SaveLatent", "inputs": {"samples": ["9", 0], "filename_prefix": prefix}},
+    })  # fmt: skip
+    loop = dict(common)
+    loop.update({
+        "5": {"class_type": "SVIPromptStream", "inputs": {
+            "clip": ["2", 0], "prompts": prompt, "repeat": 0, "negative_prompt": ""}},
+        "6": {"class_type": "SVIInfiniteSampler", "inputs": {
+            "model": ["1", 0], "vae": ["1", 2], "prompt_stream": ["5", 0],
+            "reference_image": ["4", 0], "mode": "film", "clips": 1, "frames": FRAMES,
+            "width": WIDTH, "height": HEIGHT, "steps": STEPS, "cfg": 2.0,
+            "sampler_name": "euler", "scheduler": "simple", "shift": 5.0, "seed": 0,
+            "seed_stride": 42, "fps": 16.0, "run_name": prefix, "on_existing_run": "new",
+            "clip_vision": ["3", 0]}},
+    })  # fmt: skip
+    entry = host.run(manual)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    saved = entry["outputs"]["10"]["latents"][0]
+    raw = load_file(str(host.base / "output" / saved["subfolder"] / saved["filename"]))
+    entry = host.run(loop)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    ours = _clip0_latent(host, entry, "6")
+    diff = (normalise(raw["latent_tensor"].float()) - ours).abs().max().item()
+    assert diff < 1e-4, diff
+
+
+def test_lora_on_fp8_weights_warns(host, object_info):
+    api = _twin("SVI-Shot_Wan2.1", object_info, frames=10)  # the sampler then stops early
+    loader = next(k for k, v in api.items() if v["class_type"] == "SVIModelLoader")
+    api[loader]["inputs"]["weight_dtype"] = "fp8_e4m3fn"
+    start = host.log_path.stat().st_size
+    entry = host.run(api)
+    assert entry["status"]["status_str"] == "error"
+    log = host.log_path.read_text(errors="replace")[start:]
+    assert "fp8 rounding loses most of an SVI LoRA" in log, log[-3000:]
