@@ -32,6 +32,7 @@ def child(a: argparse.Namespace) -> None:
     from svi_core.modes import get_mode
 
     torch.set_grad_enabled(False)
+    torch.set_num_threads(1)  # far less noise on a shared CPU
     backend = CheapCodecBackend(tiny_backend(head_dim=8, layers=1))
     mode = get_mode("film", frames=a.frames, steps=a.steps)
     settings = RunSettings(mode=mode, width=a.width, height=a.height, num_clips=a.child)
