@@ -127,7 +127,9 @@ class SVIClipConditioning(io.ComfyNode):
                     tooltip="Negative with the same image condition.",
                 ),
                 io.Latent.Output(
-                    "latent", tooltip="Empty latent of the clip's size for the KSampler."
+                    "latent",
+                    display_name="latent",
+                    tooltip="Empty latent of the clip's size for the KSampler.",
                 ),
             ],
         )

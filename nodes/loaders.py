@@ -164,13 +164,16 @@ class SVIModelLoader(io.ComfyNode):
             ],
             outputs=[
                 io.Model.Output(
-                    "model", tooltip="The DiT with its SVI LoRA (high-noise expert on Wan2.2)."
+                    "model",
+                    display_name="model",
+                    tooltip="The DiT with its SVI LoRA (high-noise expert on Wan2.2).",
                 ),
                 io.Model.Output(
                     "low_noise_model",
+                    display_name="low_noise_model",
                     tooltip="The low-noise expert with its LoRA, or nothing on Wan2.1.",
                 ),
-                io.Vae.Output("vae", tooltip="The Wan VAE."),
+                io.Vae.Output("vae", display_name="vae", tooltip="The Wan VAE."),
             ],
         )
 

@@ -94,6 +94,7 @@ class SVIPromptStream(io.ComfyNode):
             outputs=[
                 SVIPrompts.Output(
                     "prompt_stream",
+                    display_name="prompt_stream",
                     tooltip="Encoded prompts for SVI Infinite Sampler / SVI Clip Conditioning.",
                 )
             ],

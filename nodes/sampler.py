@@ -208,11 +208,18 @@ class SVIInfiniteSampler(io.ComfyNode):
             ],
             outputs=[
                 io.Video.Output(
-                    "video", tooltip="The stitched video (mp4 in output/svi/<run name>/)."
+                    "video",
+                    display_name="video",
+                    tooltip="The stitched video (mp4 in output/svi/<run name>/).",
                 ),
-                io.Latent.Output("last_latent", tooltip="The last clip's denoised latent."),
+                io.Latent.Output(
+                    "last_latent",
+                    display_name="last_latent",
+                    tooltip="The last clip's denoised latent.",
+                ),
                 io.Image.Output(
                     "last_frames",
+                    display_name="last_frames",
                     tooltip="The last frames of the video (the motion frames a continuation needs).",
                 ),
             ],

@@ -127,7 +127,7 @@ def _build(spec: list[dict[str, Any]], links: list[tuple[int, int, int, int]]) -
         "links": ui_links,
         "groups": [],
         "config": {},
-        "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+        "extra": {"ds": {"scale": 0.75, "offset": [480, 260]}},
         "version": 0.4,
     }
 
