@@ -13,7 +13,7 @@ Every input is checked before any model is loaded. The run directory (default
 or with a larger ``--clips`` to extend a finished video.
 
 ``report VIDEO --out DIR`` is forwarded to :func:`svi_core.report.main`; ``demo`` to
-:func:`svi_core.demo.main`.
+:func:`svi_core.toy.demo.main`.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-batch-cfg", action="store_true", help="run CFG passes one by one")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub.add_parser("report", help="drift report of a video (svi_core.report)", add_help=False)
-    sub.add_parser("demo", help="the toy demo (svi_core.demo)", add_help=False)
+    sub.add_parser("demo", help="the toy demo (svi_core.toy.demo)", add_help=False)
     return parser
 
 
@@ -404,6 +404,10 @@ def generate(opts: GenerateOptions, backend=None) -> RunResult:
                 bar.close()
 
 
+_FORWARDED = {"report": "report", "demo": "toy.demo"}
+"""Subcommands whose module parses its own arguments (imported only when used)."""
+
+
 def _forward(module: str, argv: list[str]) -> int:
     import importlib
 
@@ -425,8 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("svi: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-    if argv and argv[0] in ("report", "demo"):
-        return _forward(argv[0], argv[1:])
+    if argv and argv[0] in _FORWARDED:
+        return _forward(_FORWARDED[argv[0]], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         opts = options_from_args(args)

@@ -219,3 +219,15 @@ def test_generate_pro_two_experts_with_umt5(tmp_path, inputs, caplog, tiny_model
     assert count_frames(out) == 9 + (9 - 5)
     manifest = json.loads((tmp_path / "pro.run" / "manifest.json").read_text())
     assert manifest["settings"]["boundary"] == 0.875 and manifest["settings"]["motion_latents"] == 1
+
+
+def test_report_and_demo_are_forwarded(monkeypatch):
+    import svi_core.report
+    import svi_core.toy.demo
+
+    seen = []
+    monkeypatch.setattr(svi_core.report, "main", lambda argv: seen.append(("report", argv)) or 0)
+    monkeypatch.setattr(svi_core.toy.demo, "main", lambda argv: seen.append(("demo", argv)) or 3)
+    assert main(["report", "v.mp4", "--out", "d"]) == 0
+    assert main(["demo", "--clips", "2"]) == 3
+    assert seen == [("report", ["v.mp4", "--out", "d"]), ("demo", ["--clips", "2"])]
