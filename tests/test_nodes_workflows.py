@@ -67,3 +67,37 @@ def test_wan21_workflows_have_clip_vision_and_wan22_two_experts():
             assert {"model", "low_noise_model"} <= linked and "clip_vision" not in linked
         else:
             assert "clip_vision" in linked and "low_noise_model" not in linked
+
+
+def test_ui_to_api_widgets_links_bypass_and_notes():
+    from tier2.workflow_tools import ui_to_api
+
+    info = {
+        "Src": {"input": {"required": {"seed": ["INT", {"control_after_generate": True}],
+                                       "name": [["a", "b"], {}]}},
+                "input_order": {"required": ["seed", "name"]}},
+        "Mid": {"input": {"required": {"model": ["MODEL", {}], "strength": ["FLOAT", {}]}},
+                "input_order": {"required": ["model", "strength"]}},
+        "Dst": {"input": {"required": {"model": ["MODEL", {}]},
+                          "optional": {"extra": ["STRING", {"multiline": True}]}},
+                "input_order": {"required": ["model"], "optional": ["extra"]}},
+    }  # fmt: skip
+
+    def node(i, typ, mode=0, inputs=(), widgets=()):
+        return {"id": i, "type": typ, "mode": mode, "widgets_values": list(widgets),
+                "inputs": [{"name": n, "type": t, "link": lk} for n, t, lk in inputs]}  # fmt: skip
+
+    ui = {
+        "nodes": [
+            node(1, "Src", widgets=[7, "randomize", "b"]),
+            node(2, "Mid", mode=4, inputs=[("model", "MODEL", 1)], widgets=[0.5]),
+            node(3, "Dst", inputs=[("model", "MODEL", 2)], widgets=["hi"]),
+            node(4, "MarkdownNote", widgets=["# note"]),
+        ],
+        "links": [[1, 1, 0, 2, 0, "MODEL"], [2, 2, 0, 3, 0, "MODEL"]],
+    }
+    api = ui_to_api(ui, info)
+    assert api == {
+        "1": {"class_type": "Src", "inputs": {"seed": 7, "name": "b"}},
+        "3": {"class_type": "Dst", "inputs": {"extra": "hi", "model": ["1", 0]}},
+    }
