@@ -46,6 +46,9 @@ class ClipRequest:
             Wan2.2 A14B I2V); the high-noise expert runs while ``t >= boundary * 1000``.
             None means one model.
         extra: per-clip extra conditioning for later modes (Talk audio, Dance pose).
+        timestep_dtype: ``"float32"`` or ``"bfloat16"``: the dtype the DiT timestep is
+            rounded to before the model sees it (the official Wan2.2 pipelines use bfloat16);
+            the schedule itself stays exact.
     """
 
     index: int
@@ -61,6 +64,7 @@ class ClipRequest:
     shift: float
     boundary: float | None = None
     extra: Any = None
+    timestep_dtype: str = "float32"
 
 
 @runtime_checkable

@@ -251,6 +251,7 @@ def run_clips(
                 cfg=mode.cfg,
                 shift=mode.shift,
                 boundary=mode.boundary,
+                timestep_dtype=mode.timestep_dtype,
             )
             del cond
             step_cb = None if on_step is None else (lambda d, t, _k=k: on_step(_k, d, t))

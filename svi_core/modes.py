@@ -85,6 +85,9 @@ class ModeConfig:
         steps, cfg, shift: sampling (official 50 steps, shift 5, CFG 5).
         boundary: two-expert switch on the 0..1 sigma scale (0.875 for Wan2.2 A14B I2V);
             None for one model.
+        timestep_dtype: dtype the DiT timestep is rounded to: the official Wan2.2 pipelines
+            cast it to bfloat16 (t = 995.93 reaches the model as 996), the Wan2.1 one keeps
+            float32. The expert switch and the Euler steps always use the exact values.
         seed_base, seed_stride: clip k uses ``seed_base + k * seed_stride``.
         prompt_policy, prompt_repeat: the prompt stream (see :data:`PromptPolicy`).
         clip_count_rule, default_clips: default number of clips (see :data:`ClipCountRule`).
@@ -117,6 +120,7 @@ class ModeConfig:
     steps: int = 50
     shift: float = 5.0
     boundary: float | None = None
+    timestep_dtype: Literal["float32", "bfloat16"] = "float32"
     seed_base: int = 0
     seed_stride: int = 42
     max_width: int = 832
@@ -205,6 +209,8 @@ def _check(mode: ModeConfig) -> list[str]:
         p.append(f"fps={mode.fps} must be > 0")
     if mode.default_clips < 1:
         p.append(f"default_clips={mode.default_clips} must be >= 1")
+    if mode.timestep_dtype not in ("float32", "bfloat16"):
+        p.append(f"timestep_dtype={mode.timestep_dtype!r} must be 'float32' or 'bfloat16'")
     if mode.boundary is not None and not 0.0 < mode.boundary < 1.0:
         p.append(f"boundary={mode.boundary} must be in (0, 1) or None")
     if mode.overlap is not None and not 0 <= mode.overlap < mode.frames:
@@ -284,6 +290,7 @@ MODES: dict[str, ModeConfig] = {
         overlap=1,
         cfg=5.0,
         boundary=0.875,
+        timestep_dtype="bfloat16",
         prompt_policy="hold",
         prompt_repeat=1,
         clip_count_rule="fixed",
@@ -304,6 +311,7 @@ MODES: dict[str, ModeConfig] = {
         stitch="drop_head",
         cfg=5.0,
         boundary=0.875,
+        timestep_dtype="bfloat16",
         prompt_policy="hold",
         prompt_repeat=1,
         clip_count_rule="fixed",

@@ -40,6 +40,7 @@ def sample_flow(
     boundary: float | None = None,
     on_step: StepCallback | None = None,
     schedule: FlowSchedule | None = None,
+    timestep_dtype: torch.dtype | str | None = None,
 ) -> torch.Tensor:
     """Sample from ``noise`` (``[1, 16, T, h, w]`` unit Gaussian, NORMALISED space) to x0.
 
@@ -50,6 +51,9 @@ def sample_flow(
         boundary: two experts: high-noise while ``t >= boundary * 1000``, then low-noise,
             never back. None: expert 0 throughout.
         on_step: ``on_step(done, total)`` after every step; may raise ``Cancelled``.
+        timestep_dtype: round the timestep handed to ``velocity`` to this dtype (e.g.
+            ``bfloat16`` like the official Wan2.2 pipelines); switching and stepping use the
+            exact schedule.
 
     Returns:
         The denoised NORMALISED latent, float32, shaped like ``noise``.
@@ -59,8 +63,12 @@ def sample_flow(
     guided = cfg != 1.0
     x = noise.float().clone()
     total = sched.steps
+    if isinstance(timestep_dtype, str):
+        timestep_dtype = getattr(torch, timestep_dtype)
     for i in range(total):
         t = float(sched.timesteps[i])
+        if timestep_dtype is not None:
+            t = float(torch.tensor(t, dtype=torch.float32).to(timestep_dtype))
         expert = 0 if i < switch else 1
         v_cond, v_uncond = velocity(x, t, expert, guided)
         if guided:

@@ -78,4 +78,5 @@ class FakeBackend:
             shift=request.shift,
             boundary=request.boundary,
             on_step=on_step,
+            timestep_dtype=request.timestep_dtype,
         )

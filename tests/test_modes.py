@@ -73,3 +73,10 @@ def test_bad_override_is_refused():
         get_mode("film", frames=80)
     with pytest.raises(SVIError, match="motion_frames"):
         get_mode("film", motion_frames=0)
+
+
+def test_timestep_dtype_per_model_family():
+    assert {get_mode(n).timestep_dtype for n in ("shot", "film", "tom", "v2")} == {"float32"}
+    assert {get_mode(n).timestep_dtype for n in ("v2_w22", "v2_pro")} == {"bfloat16"}
+    with pytest.raises(SVIError, match="timestep_dtype"):
+        get_mode("film", timestep_dtype="float16")

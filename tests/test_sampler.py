@@ -57,3 +57,23 @@ def test_step_callback_and_cancel():
             velocity, torch.ones(1, 16, 1, 1, 1), steps=10, cfg=1.0, shift=5.0, on_step=on_step
         )
     assert calls == [(1, 10), (2, 10), (3, 10)]
+
+
+def test_bfloat16_timesteps_like_the_official_wan22_pipelines():
+    seen = []
+
+    def velocity(x, t, expert, guided):
+        seen.append((t, expert))
+        return torch.zeros_like(x), None
+
+    noise = torch.zeros(1, 16, 1, 1, 1)
+    sample_flow(
+        velocity, noise, steps=50, cfg=1.0, shift=5.0, boundary=0.875, timestep_dtype="bfloat16"
+    )
+    exact = flow_schedule(50, 5.0).timesteps.tolist()
+    ts = [t for t, _ in seen]
+    assert ts[1] == 996.0 and exact[1] != 996.0  # 995.93 reaches the model as bf16 996
+    assert all(t % 4 == 0 for t in ts if t >= 512)  # bf16 spacing above 512
+    assert all(abs(t - e) <= 2.0 for t, e in zip(ts, exact, strict=True))
+    # the switch still follows the exact schedule: steps 0-20 high-noise
+    assert [e for _, e in seen] == [0] * 21 + [1] * 29

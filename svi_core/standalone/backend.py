@@ -149,6 +149,7 @@ class DiffusersBackend:
             shift=request.shift,
             boundary=request.boundary,
             on_step=on_step,
+            timestep_dtype=request.timestep_dtype,
         )
         return out.float().cpu()
 
