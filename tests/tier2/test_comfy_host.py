@@ -129,11 +129,17 @@ def test_workflows_listed_as_templates(host):
 
 
 @pytest.mark.parametrize(
-    "name,overlap",
-    [("SVI-Shot_Wan2.1", 1), ("SVI-Film_Wan2.1_prompt_stream", 5), ("SVI-2.0-Pro_Wan2.2", 5)],
+    "name,mode,overlap",
+    [
+        ("SVI-Shot_Wan2.1", None, 1),
+        ("SVI-Film_Wan2.1_prompt_stream", None, 5),
+        ("SVI-2.0-Pro_Wan2.2", None, 5),
+        ("SVI-Film_Wan2.1_prompt_stream", "v2", 5),  # the other presets, same graphs
+        ("SVI-2.0-Pro_Wan2.2", "v2_w22", 1),
+    ],
 )
-def test_workflow_runs_and_streams_mp4(host, object_info, name, overlap):
-    api = _twin(name, object_info)
+def test_workflow_runs_and_streams_mp4(host, object_info, name, mode, overlap):
+    api = _twin(name, object_info, **({"mode": mode} if mode else {}))
     sid = _sampler_id(api)
     t0 = len(host.ws.messages)
     pid = host.queue(api)
@@ -372,3 +378,56 @@ def test_lora_on_fp8_weights_warns(host, object_info):
     assert entry["status"]["status_str"] == "error"
     log = host.log_path.read_text(errors="replace")[start:]
     assert "fp8 rounding loses most of an SVI LoRA" in log, log[-3000:]
+
+
+# ----- the shipped workflows in the real frontend --------------------------------------------
+
+
+def test_workflows_load_in_the_frontend(host, object_info):
+    """Each workflow loads in ComfyUI's own web frontend (headless Chromium), and the frontend's
+    graphToPrompt equals ui_to_api (so the API twins above test what a user would run)."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium")
+    chromium = next(
+        (p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None
+    )
+    driver_bin = Path("/usr/bin/chromedriver")
+    if chromium is None or not driver_bin.exists():
+        pytest.skip(
+            "needs chromium and chromedriver (Debian: apt-get install chromium chromium-driver)"
+        )
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(arg)
+    opts.binary_location = chromium
+    drv = webdriver.Chrome(service=Service(str(driver_bin)), options=opts)
+    try:
+        drv.set_script_timeout(120)
+        drv.get(host.url)
+        deadline = time.time() + 120
+        while not drv.execute_script("return !!(window.app && window.app.graph)"):
+            assert time.time() < deadline, "the frontend did not start"
+            time.sleep(0.5)
+        for name in BUILDERS:
+            ui = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
+            res = drv.execute_async_script(
+                """const [wf, done] = arguments;
+                (async () => {
+                  try {
+                    await window.app.loadGraphData(wf);
+                    const p = await window.app.graphToPrompt();
+                    done({n: window.app.graph._nodes.length, output: p.output});
+                  } catch (e) { done({error: String(e)}); }
+                })();""",
+                ui,
+            )
+            assert "error" not in res, res
+            assert res["n"] == len(ui["nodes"])
+            theirs = {
+                k: {kk: vv for kk, vv in v.items() if kk != "_meta"}
+                for k, v in res["output"].items()
+            }
+            assert theirs == ui_to_api(ui, object_info), name
+    finally:
+        drv.quit()
