@@ -8,19 +8,20 @@ import pytest
 
 from svi_core.drift import read_video_frames
 from svi_core.toy.demo import main, run_demo
-from svi_core.toy.models import TOY_DIT, TOY_FRAMES
+from svi_core.toy.models import TOY_DIT
 
 pytestmark = pytest.mark.skipif(not TOY_DIT.is_file(), reason="toy assets not built")
 
 
 @pytest.mark.slow
 def test_short_demo_writes_video_and_report(tmp_path):
-    res = run_demo(tmp_path / "demo", clips=2, scene=5, steps=2, plot=False)
+    f = 5  # short clips keep the test quick; the demo default is TOY_FRAMES
+    res = run_demo(tmp_path / "demo", clips=2, scene=5, steps=2, plot=False, frames=f)
     frames = list(read_video_frames(str(res.video)))
-    assert len(frames) == 2 * TOY_FRAMES - 1  # tom: the second clip regenerates 1 frame
+    assert len(frames) == 2 * f - 1  # tom: the second clip regenerates 1 frame
     assert frames[0].shape == (48, 64, 3)
     data = json.loads(open(res.report_json).read())
-    assert [c["start"] for c in data["clips"]] == [0, TOY_FRAMES - 1]
+    assert [c["start"] for c in data["clips"]] == [0, f - 1]
     assert data["anchor"] == "image"
     assert data["clips"][0]["motion"] > 0  # the model makes moving video, not a still
     assert res.summary["clips"] == 2

@@ -118,11 +118,11 @@ def export(
     vae_sd = load_file(str(src / "vae.safetensors"))
     save_file({k: v.half().contiguous() for k, v in vae_diffusers_to_official(vae_sd).items()},
               str(dst / f"{prefix}_vae.safetensors"))  # fmt: skip
-    check(src, dst, prefix)
+    check(src, dst, prefix, dit_file)
 
 
 @torch.no_grad()
-def check(src: Path, dst: Path, prefix: str) -> None:
+def check(src: Path, dst: Path, prefix: str, dit_file: str = "dit.safetensors") -> None:
     """Load the exported files through the project's loaders; compare with the originals."""
     from pretrain import make_dit, make_vae  # noqa: PLC0415
 
@@ -138,9 +138,7 @@ def check(src: Path, dst: Path, prefix: str) -> None:
     b = vae1.encode(x).latent_dist.mean
     print("vae encode max diff", (a - b).abs().max().item())
     dit0 = make_dit().eval()
-    dit0.load_state_dict(
-        {k: v.half().float() for k, v in load_file(str(src / "dit.safetensors")).items()}
-    )
+    dit0.load_state_dict({k: v.half().float() for k, v in load_file(str(src / dit_file)).items()})
     dit1 = load_toy_dit(dst / f"{prefix}_dit.safetensors")
     inp = torch.randn(1, 36, 4, 6, 8)
     t = torch.tensor([500.0])

@@ -253,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         "--skip-pretrain", action="store_true", help="use the shipped assets as the base"
     )
     p.add_argument(
+        "--models",
+        default="base,plain,erft",
+        help="rollouts to run (comma list; 'none' = train only). Separate invocations with one "
+        "model each can run side by side; a last full invocation reuses their reports.",
+    )
+    p.add_argument(
         "--ship-lora", action="store_true", help="copy the ERFT LoRA into svi_core/assets"
     )
     a = p.parse_args(argv)
@@ -267,17 +273,25 @@ def main(argv: list[str] | None = None) -> int:
         export.main(["--src", str(a.work / "pretrain")])
     write_dataset(a.work / "dataset", a.videos, 40, a.seed)
     write_context(a.work / "toy_context.safetensors")
-    loras = train_loras(a.work, a.seed, a.lora_steps, a.lora_lr, a.lora_rank)
-    if a.ship_lora:
+    wanted = [m.strip() for m in a.models.split(",") if m.strip() and m.strip() != "none"]
+    if wanted == ["base"]:
+        loras = {"plain": None, "erft": None}  # base rollouts need no LoRA
+    else:
+        loras = train_loras(a.work, a.seed, a.lora_steps, a.lora_lr, a.lora_rank)
+    if a.ship_lora and loras["erft"] is not None:
         from svi_core.lora import load_lora, save_lora_canonical
         from svi_core.toy.demo import TOY_LORA
 
         save_lora_canonical(load_lora(loras["erft"]), TOY_LORA)
     results: dict[str, list[dict]] = {}
     for name, lora in (("base", None), ("plain", loras["plain"]), ("erft", loras["erft"])):
+        if name not in wanted:
+            continue
         results[name] = [
             rollout(a.work, name, lora, s, a.clips, a.steps) for s in EVAL_SCENES[: a.scenes]
         ]
+    if len(results) < 3:
+        return 0
     table = summarise(a.work, results, a.clips)
     (a.work / "results.md").write_text(table)
     plot(a.work, results)

@@ -39,11 +39,11 @@ class DemoResult:
     seconds: float
 
 
-def toy_mode(steps: int = 10):
+def toy_mode(steps: int = 10, frames: int = TOY_FRAMES):
     """The toy preset: mode ``tom`` at the toy clip length, CFG 1 (the toy text is constant)."""
     from ..modes import get_mode
 
-    return get_mode("tom", frames=TOY_FRAMES, steps=steps, cfg=1.0, fps=16.0)
+    return get_mode("tom", frames=frames, steps=steps, cfg=1.0, fps=16.0)
 
 
 def run_demo(
@@ -53,9 +53,11 @@ def run_demo(
     steps: int = 10,
     lora: str | Path | None = None,
     plot: bool = True,
+    frames: int = TOY_FRAMES,
 ) -> DemoResult:
     """Generate ``clips`` toy clips into ``out_dir`` (resumable run folder ``out_dir/run``),
-    join them into ``out_dir/toy_demo.mp4`` and write its drift report into ``out_dir``."""
+    join them into ``out_dir/toy_demo.mp4`` and write its drift report into ``out_dir``.
+    ``frames`` per clip (4k + 1) defaults to the length the toy models were trained on."""
     from ..loop import LoopInputs, RunSettings, run_clips
     from ..report import build_report, layout_from_run
 
@@ -66,7 +68,7 @@ def run_demo(
     reference = torch.from_numpy(ref.copy())
     backend = toy_backend(lora=lora)
     settings = RunSettings(
-        mode=toy_mode(steps), width=TOY_WIDTH, height=TOY_HEIGHT, num_clips=clips
+        mode=toy_mode(steps, frames), width=TOY_WIDTH, height=TOY_HEIGHT, num_clips=clips
     )
     res = run_clips(
         backend,
