@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import comfy.model_management
+import comfy.patcher_extension
 import comfy.sample
 import comfy.samplers
 import node_helpers
@@ -25,9 +26,25 @@ from .checks import expert_switch
 from .convert import frame_to_image, image_to_pixels, official_mask_to_comfy, pixels_to_image
 
 
-def with_shift(model: Any, shift: float) -> Any:
-    """A clone of ``model`` sampling with flow shift ``shift`` (what ModelSamplingSD3 does)."""
-    return ModelSamplingSD3().patch(model, shift)[0]
+def with_shift(model: Any, shift: float, timestep_dtype: str = "float32") -> Any:
+    """A clone of ``model`` sampling with flow shift ``shift`` (what ModelSamplingSD3 does).
+
+    ``timestep_dtype="bfloat16"``: the DiT sees its timestep rounded to bfloat16, as in the
+    official Wan2.2 pipelines; the sigmas of the sampler (and the Euler steps) stay exact.
+    """
+    patched = ModelSamplingSD3().patch(model, shift)[0]
+    if timestep_dtype == "bfloat16":
+        patched.add_wrapper_with_key(
+            comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "svi_bf16_timestep", _bf16_timestep
+        )
+    elif timestep_dtype != "float32":
+        raise SVIError(f"timestep_dtype {timestep_dtype!r} must be 'float32' or 'bfloat16'")
+    return patched
+
+
+def _bf16_timestep(executor: Any, x: torch.Tensor, timestep: torch.Tensor, *args, **kwargs):
+    """DIFFUSION_MODEL wrapper: round the DiT timestep (t = 1000 * sigma) to bfloat16."""
+    return executor(x, timestep.to(torch.bfloat16).to(timestep.dtype), *args, **kwargs)
 
 
 def image_condition(
@@ -75,7 +92,7 @@ class ComfyBackend:
         self.low_noise_model = low_noise_model
         self.sampler_name = sampler_name
         self.scheduler = scheduler
-        self._shifted: dict[tuple[int, float], Any] = {}
+        self._shifted: dict[tuple[int, float, str], Any] = {}
 
     # ----- VAE -------------------------------------------------------------------------
 
@@ -99,10 +116,10 @@ class ComfyBackend:
 
     # ----- sampling ----------------------------------------------------------------------
 
-    def _shift(self, model: Any, shift: float) -> Any:
-        key = (id(model), float(shift))
+    def _shift(self, model: Any, shift: float, timestep_dtype: str) -> Any:
+        key = (id(model), float(shift), timestep_dtype)
         if key not in self._shifted:
-            self._shifted[key] = with_shift(model, shift)
+            self._shifted[key] = with_shift(model, shift, timestep_dtype)
         return self._shifted[key]
 
     def denoise(self, request: ClipRequest, on_step: StepCallback | None = None) -> torch.Tensor:
@@ -112,10 +129,11 @@ class ComfyBackend:
         model runs steps ``[0, switch)`` and returns with leftover noise, the low-noise model
         continues from step ``switch`` without adding noise.
         """
-        high = self._shift(self.model, request.shift)
+        ts = getattr(request, "timestep_dtype", "float32")
+        high = self._shift(self.model, request.shift, ts)
         low = None
         if self.low_noise_model is not None and request.boundary is not None:
-            low = self._shift(self.low_noise_model, request.shift)
+            low = self._shift(self.low_noise_model, request.shift, ts)
         image = (request.cond_latent, request.mask, request.clip_vision)
         positive = image_condition(request.positive, *image)
         negative = image_condition(request.negative, *image)

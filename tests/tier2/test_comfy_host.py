@@ -431,3 +431,26 @@ def test_workflows_load_in_the_frontend(host, object_info):
             assert theirs == ui_to_api(ui, object_info), name
     finally:
         drv.quit()
+
+
+def test_wan22_dit_sees_bfloat16_timesteps(host):
+    """Wan2.2 modes: the DiT gets t rounded to bfloat16 (official svi_wan22), sigmas stay exact."""
+    import subprocess
+
+    import torch
+
+    out = subprocess.run(
+        [host.python, str(Path(__file__).parent / "check_bf16_timestep.py"), str(host.root),
+         str(Path(__file__).parents[2]),
+         str(host.base / "models" / "diffusion_models" / "wan2.2_i2v_high_noise_14B_fp16.safetensors")],
+        capture_output=True, text=True, check=True, cwd=str(host.root),
+    )  # fmt: skip
+    rows = {
+        r["dtype"]: r["timesteps"] for r in map(json.loads, out.stdout.strip().splitlines()[-2:])
+    }
+    exact, rounded = rows["float32"], rows["bfloat16"]
+    assert len(exact) == len(rounded) == 4
+    # shift 5, 4 steps (the official schedule): t = 1000 * 5 s / (1 + 4 s), s = 1, .75, .5, .25
+    assert exact == pytest.approx([1000.0, 937.5, 2500 / 3, 625.0], abs=1e-3)
+    assert rounded == [float(torch.tensor(t).to(torch.bfloat16)) for t in exact]
+    assert rounded[1] != exact[1]
