@@ -80,13 +80,23 @@ def write_context(path: Path) -> None:
     )
 
 
-def train_loras(work: Path, seed: int, steps: int, lr: float, rank: int) -> dict[str, Path]:
+def train_loras(
+    work: Path,
+    seed: int,
+    steps: int,
+    lr: float,
+    rank: int,
+    names: tuple[str, ...] = ("erft", "plain"),
+) -> dict[str, Path | None]:
     from svi_core.toy.models import TOY_FRAMES, TOY_HEIGHT, TOY_VAE, TOY_WIDTH, load_toy_dit
     from train.config import preset
     from train.loop import TrainModels, train
 
     out = {}
     for name, erft in (("erft", True), ("plain", False)):
+        if name not in names:
+            out[name] = None
+            continue
         target = work / f"lora_{name}" / f"toy-{name}.safetensors"
         if target.is_file():
             out[name] = target
@@ -207,6 +217,38 @@ def summarise(work: Path, results: dict[str, list[dict]], clips: int) -> str:
             f"| {name} | {de:.3f} | {rel('sharpness'):+.1%} | {rel('contrast'):+.1%} | "
             f"{rel('brightness'):+.1%} | {rel('motion'):+.1%} |"
         )
+
+    # the target: ERFT colour / sharpness drift at the last clip <= half of base's and
+    # below plain's, motion not lower than base
+    def last(name: str, metric: str) -> float:
+        reps = results[name]
+        if metric == "delta_e":
+            return float(np.mean([clip_value(r, "delta_e", clips - 1) for r in reps]))
+        return float(
+            np.mean(
+                [
+                    abs(clip_value(r, metric, clips - 1) - clip_value(r, metric, 0))
+                    / abs(clip_value(r, metric, 0))
+                    for r in reps
+                ]
+            )
+        )
+
+    if {"base", "plain", "erft"} <= set(results):
+        lines += ["", f"Target check at clip {clips} (drift = ΔE, or |relative change|):", ""]
+        for metric in ("delta_e", "sharpness"):
+            b, pl, e = last("base", metric), last("plain", metric), last("erft", metric)
+            lines.append(
+                f"- {metric}: base {b:.4f}, plain {pl:.4f}, ERFT {e:.4f}; ERFT/base {e / b:.2f} "
+                f"(target <= 0.5: {'met' if e <= 0.5 * b else 'NOT met'}), ERFT < plain: "
+                f"{'yes' if e < pl else 'no'}"
+            )
+        mb = np.mean([clip_value(r, "motion", k) for r in results["base"] for k in range(clips)])
+        me = np.mean([clip_value(r, "motion", k) for r in results["erft"] for k in range(clips)])
+        lines.append(
+            f"- motion (mean over all clips): base {mb:.4f}, ERFT {me:.4f} "
+            f"({'not lower' if me >= mb else 'LOWER'} than base)"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -243,12 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=Path("/tmp/svi_toyrun"))
     p.add_argument("--clips", type=int, default=50)
-    p.add_argument("--scenes", type=int, default=2, help="held-out scenes per model")
+    p.add_argument("--scenes", type=int, default=4, help="held-out scenes per model")
     p.add_argument("--steps", type=int, default=10, help="sampling steps per clip")
-    p.add_argument("--lora-steps", type=int, default=600)
+    p.add_argument("--lora-steps", type=int, default=2000)
     p.add_argument("--lora-lr", type=float, default=5e-4)
     p.add_argument("--lora-rank", type=int, default=16)
-    p.add_argument("--videos", type=int, default=40)
+    p.add_argument("--videos", type=int, default=24)
     p.add_argument(
         "--skip-pretrain", action="store_true", help="use the shipped assets as the base"
     )
@@ -274,10 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     write_dataset(a.work / "dataset", a.videos, 40, a.seed)
     write_context(a.work / "toy_context.safetensors")
     wanted = [m.strip() for m in a.models.split(",") if m.strip() and m.strip() != "none"]
-    if wanted == ["base"]:
-        loras = {"plain": None, "erft": None}  # base rollouts need no LoRA
-    else:
-        loras = train_loras(a.work, a.seed, a.lora_steps, a.lora_lr, a.lora_rank)
+    need = tuple(m for m in ("erft", "plain") if m in wanted or not wanted)
+    loras = train_loras(a.work, a.seed, a.lora_steps, a.lora_lr, a.lora_rank, need)
     if a.ship_lora and loras["erft"] is not None:
         from svi_core.lora import load_lora, save_lora_canonical
         from svi_core.toy.demo import TOY_LORA
