@@ -1,4 +1,4 @@
-"""Model-free drift metrics of a long video, clip by clip (numpy + torch, CPU).
+"""Model-free drift metrics of a long video, clip by clip (numpy only, CPU).
 
 A long SVI video is a chain of clips. This module measures how far each clip has drifted from
 the first one (and from the anchor/reference image): mean colour (CIE Lab, ΔE76), brightness and
