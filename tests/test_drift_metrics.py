@@ -205,3 +205,32 @@ def test_report_from_mp4_and_cli(tmp_path):
     assert [c["start"] for c in data2["clips"]] == [c["start"] for c in data["clips"]]
     assert main([str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "r3"), "--clip-frames",
                  "9", "--overlap", "1"]) == 2  # fmt: skip
+
+
+def test_anchor_file_is_stretched_to_the_video_and_compared(tmp_path):
+    from PIL import Image
+
+    tex = texture(8)
+    frames = video(3, lambda t, k: u8(moving(tex, t)))
+    vid = tmp_path / "v.mp4"
+    write_mp4(vid, frames)
+    # the anchor is the first frame at twice the size: stretched back, it matches frame 0
+    Image.fromarray(frames[0]).resize((96, 64), Image.BICUBIC).save(tmp_path / "a.png")
+    other = u8(np.random.default_rng(9).uniform(0, 1, (32, 48, 3)))  # unrelated picture
+    Image.fromarray(other).save(tmp_path / "b.png")
+    same = build_report(str(vid), str(tmp_path / "r1"), F, M, str(tmp_path / "a.png"), plot=False)
+    diff = build_report(str(vid), str(tmp_path / "r2"), F, M, str(tmp_path / "b.png"), plot=False)
+    data = json.loads(open(same.json_path).read())
+    other_data = json.loads(open(diff.json_path).read())
+    # frame 0 against the anchor: the stretched copy of frame 0 is far more similar
+    assert data["per_frame"]["ssim_anchor"][0] > 0.8
+    assert data["per_frame"]["ssim_anchor"][0] > other_data["per_frame"]["ssim_anchor"][0] + 0.3
+    assert data["anchor"] == "image"
+    assert data["clips"][0]["delta_e_anchor"] < 2.0
+
+
+def test_run_folder_without_manifest_is_refused(tmp_path):
+    from svi_core.report import layout_from_run
+
+    with pytest.raises(SVIError, match="manifest.json"):
+        layout_from_run(str(tmp_path))
