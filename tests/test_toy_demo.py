@@ -13,7 +13,6 @@ from svi_core.toy.models import TOY_DIT
 pytestmark = pytest.mark.skipif(not TOY_DIT.is_file(), reason="toy assets not built")
 
 
-@pytest.mark.slow
 def test_short_demo_writes_video_and_report(tmp_path):
     f = 5  # short clips keep the test quick; the demo default is TOY_FRAMES
     res = run_demo(tmp_path / "demo", clips=2, scene=5, steps=2, plot=False, frames=f)

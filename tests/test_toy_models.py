@@ -31,7 +31,6 @@ def test_dit_file_uses_official_names_comfyui_can_detect():
     assert text_in == 4096 and img_in == 1280
 
 
-@pytest.mark.slow
 def test_vae_reconstructs_toy_video_and_latents_are_normalised():
     vae = load_toy_vae()
     cfg = WorldConfig(height=48, width=64)
@@ -48,7 +47,6 @@ def test_vae_reconstructs_toy_video_and_latents_are_normalised():
     assert err < 0.6 * flat, (err, flat)
 
 
-@pytest.mark.slow
 def test_dit_predicts_velocity_better_than_zero():
     """On a held-out toy clip, the trained DiT's flow-matching loss beats predicting v = 0."""
     dit = load_toy_dit()
