@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .clip_conditioning import SVIClipConditioning
+from .drift import SVIDriftReport
 from .loaders import SVILoraLoader, SVIModelLoader
 from .prompts import SVIPromptStream
 from .sampler import SVIInfiniteSampler
@@ -15,6 +16,7 @@ NODE_CLASSES: list[type[io.ComfyNode]] = [
     SVIPromptStream,
     SVIInfiniteSampler,
     SVIClipConditioning,
+    SVIDriftReport,
 ]
 
 
