@@ -8,6 +8,8 @@ and shows the plot.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 from typing import Any
 
@@ -21,6 +23,7 @@ from ..svi_core.errors import SVIError
 from ..svi_core.report import build_report, layout_from_run
 from .convert import reference_from_image
 from .drift_paths import REPORT_SUBFOLDER, resolve_target, summary_text
+from .drift_plot import render_report
 
 
 def _video_file(video: Any, output_root: str) -> str | None:
@@ -132,6 +135,7 @@ class SVIDriftReport(io.ComfyNode):
         if kw.get("anchor") is not None:
             height, width = video_size(target.video)
             anchor = reference_from_image(kw["anchor"], width, height).numpy()
+        has_matplotlib = importlib.util.find_spec("matplotlib") is not None
         result = build_report(
             target.video,
             target.out_dir,
@@ -139,11 +143,18 @@ class SVIDriftReport(io.ComfyNode):
             overlap,
             anchor=anchor,
             first_clip_whole=bool(kw["first_clip_whole"]),
+            plot=has_matplotlib,
             spans=spans,
         )
-        subfolder = os.path.relpath(os.path.dirname(result.png_path), root)
+        png_path = result.png_path or os.path.join(target.out_dir, "report.png")
+        if not has_matplotlib:  # ComfyUI does not ship matplotlib: draw the plot with PIL
+            with open(result.json_path, encoding="utf-8") as f:
+                report = json.load(f)
+            title = f"{os.path.basename(target.video)}: {len(report['clips'])} clips"
+            render_report(report, title).save(png_path)
+        subfolder = os.path.relpath(target.out_dir, root)
         preview = ui.SavedImages(
-            [ui.SavedResult(os.path.basename(result.png_path), subfolder, io.FolderType.output)]
+            [ui.SavedResult(os.path.basename(png_path), subfolder, io.FolderType.output)]
         )
         text = summary_text(result.summary, result.json_path)
-        return io.NodeOutput(_png_to_image(result.png_path), text, ui=preview)
+        return io.NodeOutput(_png_to_image(png_path), text, ui=preview)

@@ -101,3 +101,26 @@ def test_summary_text_formats_numbers_none_and_path():
         "motion_last: 0.5",
         "report: /o/report.json",
     ]
+
+
+def test_pil_plot_draws_series_and_seams_where_the_clips_start():
+    dplot = _pack_module("nodes.drift_plot")
+    n = 21
+    per_frame = {k: [float(j) for j in range(n)] for k, _ in dplot.SERIES}
+    per_frame["ssim_anchor"] = [None] * n  # an undefined series leaves its panel empty
+    clips = [{"start": 0}, {"start": 10}]
+    img = dplot.render_report({"per_frame": per_frame, "clips": clips}, "t")
+    assert img.size == (2 * dplot.PANEL_W, 3 * dplot.PANEL_H + dplot.MARGIN)
+    arr = np.asarray(img)
+    m = dplot.MARGIN
+    x_seam = round(m + 10 / (n - 1) * (dplot.PANEL_W - 2 * m))
+    y_mid = 2 * m + (dplot.PANEL_H - 2 * m) // 4  # upper part of panel 0: above the rising line
+    assert tuple(arr[y_mid, x_seam]) == (240, 150, 150)
+    blue = (arr == np.array([30, 80, 200], dtype=np.uint8)).all(axis=-1)
+
+    def panel(i: int) -> np.ndarray:
+        rows = slice((i // 2) * dplot.PANEL_H + 2 * m, (i // 2 + 1) * dplot.PANEL_H)
+        return blue[rows, (i % 2) * dplot.PANEL_W : (i % 2 + 1) * dplot.PANEL_W]
+
+    assert panel(0).sum() > 100  # the rising delta_e line
+    assert panel(4).sum() == 0  # ssim_anchor all None

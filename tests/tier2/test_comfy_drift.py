@@ -1,0 +1,103 @@
+"""Tier 2: the SVI Drift Report node after the SVI Infinite Sampler in a real ComfyUI server.
+
+Runs the Film workflow's API twin (test models, 2 clips of 9 frames, 5 overlap frames), then
+two drift nodes: one fed the sampler's VIDEO (clip layout from the run manifest, anchor image
+from Load Image), one given the run name with an explicit layout. Checks report.json has the
+per-clip metrics, the PNG is shown in the UI, and the IMAGE / STRING outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from .comfy_host import error_message
+from .test_comfy_host import FRAMES, PATHS, _sampler_id, _twin, host, object_info  # noqa: F401
+
+pytestmark = [pytest.mark.tier2, pytest.mark.slow]
+
+if PATHS is None:  # pragma: no cover - test_comfy_host already skips the module
+    pytest.skip("tier 2 needs COMFYUI_PATH", allow_module_level=True)
+
+OVERLAP = 5
+METRICS = ("brightness", "contrast", "sharpness", "flicker", "motion", "ssim_anchor", "delta_e")
+
+
+def _load_image_id(api: dict) -> str:
+    return next(k for k, v in api.items() if v["class_type"] == "LoadImage")
+
+
+def test_drift_report_after_sampler(host, object_info):  # noqa: F811
+    info = object_info["SVIDriftReport"]
+    assert info["category"] == "SVI/analysis"
+    api = _twin("SVI-Film_Wan2.1_prompt_stream", object_info)
+    sid = _sampler_id(api)
+    run_name = api[sid]["inputs"]["run_name"]
+    api["900"] = {
+        "class_type": "SVIDriftReport",
+        "inputs": {
+            "run_name": "",
+            "clip_frames": 0,
+            "overlap": 0,
+            "first_clip_whole": False,
+            "video": [sid, 0],
+            "anchor": [_load_image_id(api), 0],
+        },
+    }
+    entry = host.run(api)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+
+    item = entry["outputs"]["900"]["images"][0]
+    png = host.base / "output" / item["subfolder"] / item["filename"]
+    assert item["type"] == "output" and png.name == "report.png" and png.is_file()
+    run_dir = png.parent
+    assert run_dir.name == run_name and (run_dir / "manifest.json").is_file()
+    report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    assert report["frames"] == 2 * FRAMES - OVERLAP
+    assert report["anchor"] == "image"
+    clips = report["clips"]
+    assert [c["index"] for c in clips] == [0, 1]
+    assert clips[0]["start"] == 0 and clips[-1]["end"] == report["frames"]
+    for c in clips:
+        for m in METRICS:
+            assert isinstance(c[m], float) and math.isfinite(c[m]), (m, c[m])
+    assert clips[0]["delta_e"] == 0.0
+    assert clips[1]["seam_ratio"] is not None
+    assert len(report["per_frame"]["brightness"]) == report["frames"]
+
+
+def test_drift_report_by_run_name(host, object_info):  # noqa: F811
+    api = _twin("SVI-Film_Wan2.1_prompt_stream", object_info)
+    sid = _sampler_id(api)
+    entry = host.run(api)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    run_name = api[sid]["inputs"]["run_name"]
+    report_api = {
+        "1": {
+            "class_type": "SVIDriftReport",
+            "inputs": {
+                "run_name": run_name,
+                "clip_frames": FRAMES,
+                "overlap": OVERLAP,
+                "first_clip_whole": False,
+            },
+        }
+    }
+    entry = host.run(report_api)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    item = entry["outputs"]["1"]["images"][0]
+    run_dir = host.base / "output" / item["subfolder"]
+    report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    assert Path(report["video"]).name == f"{run_name}.mp4"
+    assert report["clip_frames"] == FRAMES and report["overlap"] == OVERLAP
+    assert len(report["clips"]) == 2
+    assert report["anchor"] == "first_frame"
+    assert report["summary"]["clips"] == 2
+
+    bad = {"1": dict(report_api["1"], inputs=dict(report_api["1"]["inputs"], run_name="nope"))}
+    entry = host.run(bad)
+    assert entry["status"]["status_str"] == "error"
+    assert "has no video" in (error_message(entry) or "")
