@@ -9,6 +9,7 @@ from .drift import SVIDriftReport
 from .loaders import SVILoraLoader, SVIModelLoader
 from .prompts import SVIPromptStream
 from .sampler import SVIInfiniteSampler
+from .toy import SVIToyModels
 
 NODE_CLASSES: list[type[io.ComfyNode]] = [
     SVIModelLoader,
@@ -17,6 +18,7 @@ NODE_CLASSES: list[type[io.ComfyNode]] = [
     SVIInfiniteSampler,
     SVIClipConditioning,
     SVIDriftReport,
+    SVIToyModels,
 ]
 
 

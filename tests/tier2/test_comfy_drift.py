@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from pathlib import Path
 
 import pytest
 
 from .comfy_host import error_message
 from .test_comfy_host import FRAMES, PATHS, _sampler_id, _twin, host, object_info  # noqa: F401
+from .workflow_tools import WORKFLOWS, ui_to_api
 
 pytestmark = [pytest.mark.tier2, pytest.mark.slow]
 
@@ -101,3 +103,25 @@ def test_drift_report_by_run_name(host, object_info):  # noqa: F811
     entry = host.run(bad)
     assert entry["status"]["status_str"] == "error"
     assert "has no video" in (error_message(entry) or "")
+
+
+def test_toy_cpu_demo_workflow_runs_with_the_shipped_toy_models(host, object_info):  # noqa: F811
+    """The shipped toy workflow as a user runs it (no model files: SVI Toy Models), 3 clips."""
+    ui = json.loads((WORKFLOWS / "SVI-Toy_CPU_demo.json").read_text(encoding="utf-8"))
+    api = ui_to_api(ui, object_info)
+    sid = _sampler_id(api)
+    run_name = f"toy_{uuid.uuid4().hex[:8]}"
+    api[sid]["inputs"].update(clips=3, run_name=run_name)
+    entry = host.run(api)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    drift = next(k for k, v in api.items() if v["class_type"] == "SVIDriftReport")
+    item = entry["outputs"][drift]["images"][0]
+    run_dir = host.base / "output" / item["subfolder"]
+    assert run_dir.name == run_name
+    report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    # tom: 13-frame clips, 1 motion frame -> 3 * 13 - 2 frames, at the toy size 64x48
+    assert (report["frames"], report["width"], report["height"]) == (37, 64, 48)
+    assert report["anchor"] == "image" and len(report["clips"]) == 3
+    # the toy model makes a moving picture, not a frozen or blank one
+    assert all(c["motion"] > 1e-3 for c in report["clips"])
+    assert 0.05 < report["clips"][0]["brightness"] < 0.95

@@ -50,6 +50,20 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         ],
         [("video", "VIDEO"), ("last_latent", "LATENT"), ("last_frames", "IMAGE")],
     ),
+    "SVIToyModels": (
+        [],
+        [
+            ("model", "MODEL"),
+            ("vae", "VAE"),
+            ("clip", "CLIP"),
+            ("clip_vision", "CLIP_VISION"),
+            ("start_image", "IMAGE"),
+        ],
+    ),  # fmt: skip
+    "SVIDriftReport": (
+        [("video", "VIDEO"), ("anchor", "IMAGE")],
+        [("plot", "IMAGE"), ("summary", "STRING")],
+    ),
     "MarkdownNote": ([], []),
 }
 
@@ -227,10 +241,42 @@ def pro() -> dict[str, Any]:
     return _build(spec, links)
 
 
+def toy() -> dict[str, Any]:
+    """The toy CPU demo: shipped toy models, 20 clips of 13 frames at 64x48, then the drift
+    report (about a minute on a CPU)."""
+    widgets = ["tom", 20, 13, 64, 48, 10, 1.0, "euler", "simple", 5.0, 0, "fixed", 42, 16.0,
+               "svi_toy_demo", "resume or new", 0.875]  # fmt: skip
+    note = (
+        "## Toy CPU demo (no download)\n\n"
+        "**SVI Toy Models** loads the tiny toy Wan2.1 I2V models shipped with the pack "
+        "(svi_core/assets) and the toy world's start frame. The sampler runs the real SVI clip "
+        "loop (mode tom, 20 clips of 13 frames at 64x48, 10 steps, CFG 1) on a CPU in about a "
+        "minute, then **SVI Drift Report** measures how the video drifts clip by clip and "
+        "writes report.json / report.png into output/svi/svi_toy_demo/.\n\n"
+        "The toy pictures are blocky and drift visibly in colour: it shows the pipeline and "
+        "the report working, not a real model."
+    )
+    spec = [
+        {"id": 1, "type": "SVIToyModels", "pos": [0, 0], "size": [320, 200], "widgets": [3]},
+        {"id": 5, "type": "SVIPromptStream", "pos": [0, 260], "size": [380, 200],
+         "widgets": ["toy world", 0, ""]},
+        {"id": 6, "type": "SVIInfiniteSampler", "pos": [420, 0], "size": [420, 700],
+         "widgets": widgets},
+        {"id": 8, "type": "SVIDriftReport", "pos": [880, 0], "size": [520, 520],
+         "widgets": ["", 0, 5, False]},
+        {"id": 7, "type": "MarkdownNote", "pos": [-420, 0], "size": [400, 420],
+         "title": "Toy demo", "widgets": [note]},
+    ]  # fmt: skip
+    links = [(1, 0, 6, 0), (1, 1, 6, 1), (5, 0, 6, 2), (1, 4, 6, 3), (1, 3, 6, 5), (1, 2, 5, 0),
+             (6, 0, 8, 0), (1, 4, 8, 1)]  # fmt: skip
+    return _build(spec, links)
+
+
 BUILDERS = {
     "SVI-Shot_Wan2.1": shot,
     "SVI-Film_Wan2.1_prompt_stream": film,
     "SVI-2.0-Pro_Wan2.2": pro,
+    "SVI-Toy_CPU_demo": toy,
 }
 
 
