@@ -105,8 +105,9 @@ def test_drift_report_by_run_name(host, object_info):  # noqa: F811
     assert "has no video" in (error_message(entry) or "")
 
 
-def test_toy_cpu_demo_workflow_runs_with_the_shipped_toy_models(host, object_info):  # noqa: F811
-    """The shipped toy workflow as a user runs it (no model files: SVI Toy Models), 3 clips."""
+def test_toy_cpu_demo_workflow_runs_with_the_shipped_toy_models(host, object_info, tmp_path):  # noqa: F811
+    """The shipped toy workflow as a user runs it (no model files: SVI Toy Models), 3 clips,
+    matches the standalone toy demo (diffusers' Wan classes, same scene / seeds / settings)."""
     ui = json.loads((WORKFLOWS / "SVI-Toy_CPU_demo.json").read_text(encoding="utf-8"))
     api = ui_to_api(ui, object_info)
     sid = _sampler_id(api)
@@ -125,3 +126,12 @@ def test_toy_cpu_demo_workflow_runs_with_the_shipped_toy_models(host, object_inf
     # the toy model makes a moving picture, not a frozen or blank one
     assert all(c["motion"] > 1e-3 for c in report["clips"])
     assert 0.05 < report["clips"][0]["brightness"] < 0.95
+
+    from svi_core.toy.demo import run_demo
+
+    ref = json.loads(Path(run_demo(tmp_path, clips=3, plot=False).report_json).read_text())
+    assert ref["frames"] == report["frames"]
+    for ours, theirs in zip(report["clips"], ref["clips"], strict=True):
+        assert ours["delta_e"] == pytest.approx(theirs["delta_e"], abs=1.0)
+        assert ours["brightness"] == pytest.approx(theirs["brightness"], abs=0.01)
+        assert ours["motion"] == pytest.approx(theirs["motion"], rel=0.05)
