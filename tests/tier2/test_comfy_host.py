@@ -35,6 +35,8 @@ SVI_NODES = [
     "SVIPromptStream",
     "SVIInfiniteSampler",
     "SVIClipConditioning",
+    "SVIDriftReport",
+    "SVIToyModels",
 ]
 FRAMES, WIDTH, HEIGHT, STEPS = 9, 64, 64, 2
 
