@@ -8,7 +8,8 @@ conversions happen here and nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import comfy.model_management
@@ -24,6 +25,19 @@ from ..svi_core.errors import Cancelled, SVIError
 from ..svi_core.latents import denormalise, normalise
 from .checks import expert_switch
 from .convert import frame_to_image, image_to_pixels, official_mask_to_comfy, pixels_to_image
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Turn ComfyUI's interrupt into ``Cancelled``, so the clip loop keeps finished clips.
+
+    ComfyUI 0.33 checks for an interrupt in every op (VAE and CLIP vision included), not only
+    between sampling steps, so every backend call goes through this.
+    """
+    try:
+        yield
+    except comfy.model_management.InterruptProcessingException:
+        raise Cancelled("interrupted by the user") from None
 
 
 def with_shift(model: Any, shift: float, timestep_dtype: str = "float32") -> Any:
@@ -98,12 +112,14 @@ class ComfyBackend:
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels ``[1, 3, F, H, W]`` in [-1, 1] -> NORMALISED latent ``[1, 16, T, H/8, W/8]``."""
-        raw = self.vae.encode(pixels_to_image(pixels))
+        with interruptible():
+            raw = self.vae.encode(pixels_to_image(pixels))
         return normalise(raw.float().cpu())
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """NORMALISED latent ``[1, 16, T, h, w]`` -> pixels ``[1, 3, F, 8h, 8w]`` in [-1, 1]."""
-        images = self.vae.decode(denormalise(latent.float()))
+        with interruptible():
+            images = self.vae.decode(denormalise(latent.float()))
         images = images.reshape(-1, *images.shape[-3:]).float().cpu()
         return image_to_pixels(images).clamp(-1.0, 1.0)
 
@@ -112,7 +128,8 @@ class ComfyBackend:
         to the encoder size, no crop), or None without a CLIP-vision model."""
         if self.clip_vision is None:
             return None
-        return self.clip_vision.encode_image(frame_to_image(image), crop=False)
+        with interruptible():
+            return self.clip_vision.encode_image(frame_to_image(image), crop=False)
 
     # ----- sampling ----------------------------------------------------------------------
 
@@ -149,10 +166,7 @@ class ComfyBackend:
 
         def callback(offset: int) -> Callable[..., None]:
             def cb(step: int, _x0: Any, _x: Any, _total: int) -> None:
-                try:
-                    comfy.model_management.throw_exception_if_processing_interrupted()
-                except comfy.model_management.InterruptProcessingException:
-                    raise Cancelled("interrupted by the user") from None
+                comfy.model_management.throw_exception_if_processing_interrupted()
                 if on_step is not None:
                     on_step(offset + step + 1, steps)
 
@@ -168,7 +182,7 @@ class ComfyBackend:
             disable_pbar=True,
             seed=request.seed,
         )
-        try:
+        with interruptible():
             if switch >= steps or low is None:
                 out = comfy.sample.sample(
                     high, noise, latent_image=empty, callback=callback(0), **common
@@ -199,8 +213,6 @@ class ComfyBackend:
                     callback=callback(switch),
                     **common,
                 )
-        except comfy.model_management.InterruptProcessingException:
-            raise Cancelled("interrupted by the user") from None
         if out.shape != noise.shape:
             raise SVIError(
                 f"ComfyUI returned a latent {tuple(out.shape)}; expected {tuple(noise.shape)}"
