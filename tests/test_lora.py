@@ -38,6 +38,26 @@ def _pairs(seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     }
 
 
+def _tiny_dit(num_layers: int) -> torch.nn.Module:
+    """A seeded diffusers Wan DiT with hidden size DIM and ffn size FFN (text-to-video, no image)."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=4,
+        in_channels=4,
+        out_channels=4,
+        text_dim=8,
+        freq_dim=8,
+        ffn_dim=FFN,
+        num_layers=num_layers,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+    )
+
+
 def _kohya(module: str) -> str:
     return "lora_unet_" + module.replace(".", "_")
 
@@ -181,22 +201,7 @@ def test_official_target_shapes_strip_prefix() -> None:
 
 
 def test_apply_to_diffusers_changes_exactly_the_targets() -> None:
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(0)
-    model = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=4,
-        in_channels=4,
-        out_channels=4,
-        text_dim=8,
-        freq_dim=8,
-        ffn_dim=FFN,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-    )
+    model = _tiny_dit(num_layers=2)
     shapes = diffusers_target_shapes(model)
     for m, s in LAYERS.items():
         assert shapes[m] == s
@@ -219,22 +224,7 @@ def test_apply_to_diffusers_changes_exactly_the_targets() -> None:
 
 
 def test_diff_patches_for_norms_biases_and_modulation() -> None:
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(0)
-    model = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=4,
-        in_channels=4,
-        out_channels=4,
-        text_dim=8,
-        freq_dim=8,
-        ffn_dim=FFN,
-        num_layers=1,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-    )
+    model = _tiny_dit(num_layers=1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     g = torch.Generator().manual_seed(2)
     sd = {  # LightX2V-style full differences
