@@ -22,21 +22,13 @@ from dataclasses import dataclass
 
 import torch
 
-
-def shifted_sigmas(num_steps: int, shift: float = 5.0) -> torch.Tensor:
-    """Sigmas of the official flow schedule, float64 ``[num_steps]``, from 1 down (exclusive of 0).
-
-    ``s_i = linspace(1, 0, num_steps + 1)[:-1]``, ``s' = shift * s / (1 + (shift - 1) * s)``.
-    """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1; got {num_steps}")
-    s = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)[:-1]
-    return shift * s / (1.0 + (shift - 1.0) * s)
+from svi_core.schedule import flow_schedule
 
 
 def schedule_timesteps(num_steps: int, shift: float = 5.0) -> torch.Tensor:
-    """DiT timesteps ``1000 * s'`` (float64 ``[num_steps]``, descending, first = 1000)."""
-    return shifted_sigmas(num_steps, shift) * 1000.0
+    """DiT timesteps ``1000 * s'`` (float64 ``[num_steps]``, descending, first = 1000): the
+    inference schedule of :func:`svi_core.schedule.flow_schedule`."""
+    return flow_schedule(num_steps, shift).timesteps
 
 
 def loss_weights(timesteps: torch.Tensor) -> torch.Tensor:
@@ -78,8 +70,8 @@ class TrainingSchedule:
 
     @classmethod
     def build(cls, num_steps: int = 1000, shift: float = 5.0) -> TrainingSchedule:
-        sigmas = shifted_sigmas(num_steps, shift)
-        timesteps = sigmas * 1000.0
+        sched = flow_schedule(num_steps, shift)
+        sigmas, timesteps = sched.sigmas[:-1], sched.timesteps
         return cls(sigmas=sigmas, timesteps=timesteps, weights=loss_weights(timesteps))
 
     def draw(self, generator: torch.Generator) -> TimestepDraw:
