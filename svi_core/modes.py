@@ -232,6 +232,22 @@ _WAN21 = dict(
     resize="fit_width",
 )
 
+# Shared by both Wan2.2 A14B modes (two experts, no CLIP vision, official Wan2.2 scripts).
+_WAN22 = dict(
+    model="wan2.2",
+    clip_vision=False,
+    stitch="drop_head",
+    cfg=5.0,
+    boundary=0.875,
+    timestep_dtype="bfloat16",
+    prompt_policy="hold",
+    prompt_repeat=1,
+    clip_count_rule="fixed",
+    negative_prompt=NEGATIVE_PROMPT_ZH,
+    fps=15.0,
+    resize="fixed",
+)
+
 MODES: dict[str, ModeConfig] = {
     "shot": ModeConfig(
         name="shot",
@@ -279,46 +295,24 @@ MODES: dict[str, ModeConfig] = {
     ),
     "v2_w22": ModeConfig(
         name="v2_w22",
-        model="wan2.2",
         lora="SVI 2.0 Wan2.2 high/low-noise LoRAs",
         carry="pixel",
         motion_frames=1,
         motion_latents=0,
         padding="reference",
-        clip_vision=False,
-        stitch="drop_head",
         overlap=1,
-        cfg=5.0,
-        boundary=0.875,
-        timestep_dtype="bfloat16",
-        prompt_policy="hold",
-        prompt_repeat=1,
-        clip_count_rule="fixed",
         default_clips=10,
-        negative_prompt=NEGATIVE_PROMPT_ZH,
-        fps=15.0,
-        resize="fixed",
+        **_WAN22,
     ),
     "v2_pro": ModeConfig(
         name="v2_pro",
-        model="wan2.2",
         lora="SVI_v2_PRO_Wan2.2-I2V-A14B_HIGH/LOW_lora_rank_128_fp16.safetensors",
         carry="latent",
         motion_frames=0,
         motion_latents=1,
         padding="zeros",
-        clip_vision=False,
-        stitch="drop_head",
-        cfg=5.0,
-        boundary=0.875,
-        timestep_dtype="bfloat16",
-        prompt_policy="hold",
-        prompt_repeat=1,
-        clip_count_rule="fixed",
         default_clips=15,
-        negative_prompt=NEGATIVE_PROMPT_ZH,
-        fps=15.0,
-        resize="fixed",
+        **_WAN22,
     ),
 }
 """The official presets. Values and where they come from: DESIGN.md §2-§3."""
