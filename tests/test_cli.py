@@ -1,22 +1,18 @@
 """``python -m svi_core generate`` end to end on tiny models, and its refusals of bad input."""
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from parity_support import fixtures_dir
 from safetensors.torch import save_file
 
 from svi_core.cli import LoraSpec, main
 
-FIXTURES = Path(
-    os.environ.get(
-        "SVI_FIXTURES_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"
-    )
-)
+FIXTURES = fixtures_dir()
 PROMPTS = ["a lighthouse in a storm", "waves crash on the rocks", "the storm clears"]
 
 

@@ -1,19 +1,14 @@
 """The schedule equals the official one recorded in the shared fixtures (flow_schedule.json)."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
+from parity_support import fixtures_dir
 
 from svi_core.schedule import expert_switch_step, flow_schedule
 
-FIXTURES = Path(
-    os.environ.get(
-        "SVI_FIXTURES_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"
-    )
-)
+FIXTURES = fixtures_dir()
 SCHEDULE = FIXTURES / "flow_schedule.json"
 
 
