@@ -452,18 +452,16 @@ def analyse_frames(
 
 
 def read_video_frames(path: str) -> Iterable[np.ndarray]:
-    """Yield uint8 ``[H, W, 3]`` RGB frames of a video file one at a time (imageio-ffmpeg)."""
+    """Yield uint8 ``[H, W, 3]`` RGB frames of a video file one at a time
+    (:func:`svi_core.video_io.read_video_frames`, imported here so this module stays numpy-only
+    at import time)."""
     import os
 
-    import imageio_ffmpeg
+    from .video_io import read_video_frames as _read
 
     if not os.path.isfile(path):
         raise SVIError(f"drift: video file not found: {path}")
-    gen = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24")
-    meta = next(gen)
-    w, h = (int(v) for v in meta["size"])
-    for buf in gen:
-        yield np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3)
+    yield from _read(path)
 
 
 def video_size(path: str) -> tuple[int, int]:
