@@ -88,18 +88,18 @@ class ModelFiles:
         def fp(p: Path | None) -> str:
             return "-" if p is None else f"{p.name}:{p.stat().st_size if p.exists() else 0}"
 
-        out = {
+        def fp_loras(specs: tuple[LoraSpec, ...]) -> str:
+            return ",".join(f"{fp(x.path)}@{x.strength:g}" for x in specs) or "-"
+
+        return {
             "model": fp(self.model),
             "low_noise_model": fp(self.low_noise_model),
             "vae": fp(self.vae),
             "clip_vision": fp(self.clip_vision),
             "text_encoder": fp(self.text_encoder or self.text_embeddings),
+            "loras": fp_loras(self.loras),
+            "low_noise_loras": fp_loras(self.low_noise_loras),
         }
-        out["loras"] = ",".join(f"{fp(x.path)}@{x.strength:g}" for x in self.loras) or "-"
-        out["low_noise_loras"] = (
-            ",".join(f"{fp(x.path)}@{x.strength:g}" for x in self.low_noise_loras) or "-"
-        )
-        return out
 
 
 @dataclass(frozen=True)
