@@ -87,15 +87,10 @@ def moving_frames(num_frames: int, height: int, width: int, seed: int = 0) -> np
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 16) -> Path:
-    """Write uint8 ``[F, H, W, 3]`` frames to ``path`` (H, W multiples of 16) with imageio-ffmpeg."""
-    import imageio_ffmpeg
+    """Write uint8 ``[F, H, W, 3]`` frames to ``path`` (H, W even) as H.264 through
+    :func:`svi_core.video_io.write_segment`, creating the parent folder."""
+    from svi_core.video_io import write_segment
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames.shape[1:3]
-    writer = imageio_ffmpeg.write_frames(str(p), (w, h), fps=fps, quality=9, macro_block_size=16)
-    writer.send(None)
-    for f in frames:
-        writer.send(np.ascontiguousarray(f))
-    writer.close()
-    return p
+    return write_segment(p, frames, fps)
