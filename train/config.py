@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,8 +154,10 @@ class TrainConfig:
     def fingerprint(self) -> str:
         """Hash of every field that changes what training computes (not paths of outputs, not
         the run length or checkpoint cadence): a checkpoint only resumes the same fingerprint."""
+        from svi_core.run_store import sha256_json  # lazy: keeps this module torch-free
+
         d = {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return sha256_json(d)[:16]
 
 
 RUN_ONLY_FIELDS = frozenset(
