@@ -12,6 +12,7 @@ from ..svi_core.errors import RunStoreError, SVIError
 from ..svi_core.loop import RunSettings
 from ..svi_core.modes import ModeConfig
 from ..svi_core.run_store import RunStore
+from ..svi_core.schedule import NUM_TRAIN_TIMESTEPS, FlowSchedule, expert_switch_step
 from .convert import run_directory, sanitise_run_name
 
 EXISTING_RUN = ("resume or new", "resume", "new")
@@ -88,14 +89,13 @@ def pick_run_dir(
 
 def expert_switch(sigmas: torch.Tensor, boundary: float | None) -> int:
     """First step index whose sigma (= t / 1000) is below ``boundary``: the low-noise expert
-    runs from there on. ``len(sigmas) - 1`` (all steps high) when ``boundary`` is None."""
-    steps = len(sigmas) - 1
-    if boundary is None:
-        return steps
-    for i in range(steps):
-        if float(sigmas[i]) < boundary:
-            return i
-    return steps
+    runs from there on. ``len(sigmas) - 1`` (all steps high) when ``boundary`` is None.
+
+    ``sigmas``: ComfyUI's N + 1 sigmas (any scheduler); the rule is
+    ``svi_core.schedule.expert_switch_step``'s."""
+    s = sigmas.detach().double().cpu()
+    schedule = FlowSchedule(sigmas=s, timesteps=s[:-1] * NUM_TRAIN_TIMESTEPS)
+    return expert_switch_step(schedule, boundary)
 
 
 def _first_tensor(value: Any, depth: int = 0) -> torch.Tensor | None:
