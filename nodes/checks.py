@@ -11,7 +11,7 @@ import torch
 from ..svi_core.errors import RunStoreError, SVIError
 from ..svi_core.loop import RunSettings
 from ..svi_core.modes import ModeConfig
-from ..svi_core.run_store import RunStore
+from ..svi_core.run_store import RunStore, sha256_json
 from ..svi_core.schedule import NUM_TRAIN_TIMESTEPS, FlowSchedule, expert_switch_step
 from .convert import run_directory, sanitise_run_name
 
@@ -120,9 +120,6 @@ def model_fingerprint(model: Any) -> str:
     Covers: the DiT class, its patch embedding (shape and sum) and the LoRA patches (patched
     keys, strengths, and the sum of each patch's first tensor). Not a full weight hash.
     """
-    import hashlib
-    import json
-
     dit = model.model.diffusion_model
     weight = dit.patch_embedding.weight
     patches = []
@@ -137,4 +134,4 @@ def model_fingerprint(model: Any) -> str:
         round(float(weight.detach().float().sum()), 4),
         patches,
     ]
-    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()
+    return sha256_json(ident)
