@@ -53,6 +53,33 @@ def _settings(kwargs: dict[str, Any], prompts: EncodedPrompts, image: torch.Tens
     return RunSettings(mode=mode, width=width, height=height, num_clips=clips)
 
 
+def _fingerprints(kw: dict[str, Any], prompts: EncodedPrompts, neg_text: Any) -> dict[str, str]:
+    """Run-store fingerprints of the node's inputs that ``input_fingerprints`` cannot see:
+    prompt texts and repeat, negative text, sampler/scheduler and the MODEL(s)."""
+    fingerprints = {
+        "prompts": sha256_json([list(prompts.texts), prompts.repeat]),
+        "negative": sha256_json(neg_text),
+        "sampler": sha256_json([kw["sampler_name"], kw["scheduler"]]),
+        "model": model_fingerprint(kw["model"]),
+    }
+    if kw.get("low_noise_model") is not None:
+        fingerprints["low_noise_model"] = model_fingerprint(kw["low_noise_model"])
+    return fingerprints
+
+
+def _last_outputs(
+    run_dir: str, settings: RunSettings, extra: dict[str, str], video: Any
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The run's last clip as ComfyUI data: LATENT with RAW ``samples`` ``[1, 16, T, h, w]``
+    and IMAGE ``[F, H, W, 3]`` in [0, 1] of the video's last frames (the carry a
+    continuation needs: motion or overlap frames, at least one)."""
+    mode = settings.mode
+    last = RunStore.open(run_dir, settings.identity(), extra).load_state(settings.num_clips - 1)
+    count = max(1, mode.motion_frames, mode.overlap_frames)
+    frames = torch.from_numpy(read_last_frames(video, count)).float() / 255.0
+    return {"samples": denormalise(last["latent"].float())}, frames
+
+
 class SVIInfiniteSampler(io.ComfyNode):
     """Generates a video of any length, clip by clip, streamed to disk and resumable."""
 
@@ -236,14 +263,7 @@ class SVIInfiniteSampler(io.ComfyNode):
         check_models(mode, kw["model"], kw.get("low_noise_model"), kw.get("clip_vision"))
         reference = reference_from_image(image, settings.width, settings.height)
         neg_text, negative = prompts.negative_for(mode)
-        fingerprints = {
-            "prompts": sha256_json([list(prompts.texts), prompts.repeat]),
-            "negative": sha256_json(neg_text),
-            "sampler": sha256_json([kw["sampler_name"], kw["scheduler"]]),
-            "model": model_fingerprint(kw["model"]),
-        }
-        if kw.get("low_noise_model") is not None:
-            fingerprints["low_noise_model"] = model_fingerprint(kw["low_noise_model"])
+        fingerprints = _fingerprints(kw, prompts, neg_text)
         extra = input_fingerprints(reference, prompts.texts, fingerprints)
         run_dir = pick_run_dir(
             folder_paths.get_output_directory(),
@@ -285,10 +305,7 @@ class SVIInfiniteSampler(io.ComfyNode):
             )
         except Cancelled:
             raise comfy.model_management.InterruptProcessingException() from None
-        last = RunStore.open(run_dir, settings.identity(), extra).load_state(settings.num_clips - 1)
-        count = max(1, mode.motion_frames, mode.overlap_frames)
-        frames = torch.from_numpy(read_last_frames(result.video, count)).float() / 255.0
-        latent = {"samples": denormalise(last["latent"].float())}
+        latent, frames = _last_outputs(run_dir, settings, extra, result.video)
         video = InputImpl.VideoFromFile(str(result.video))
         subfolder = os.path.relpath(run_dir, os.path.realpath(folder_paths.get_output_directory()))
         preview = ui.PreviewVideo(
