@@ -9,7 +9,6 @@ from comfy_api.latest import io
 
 from ..svi_core.errors import SVIError
 from ..svi_core.modes import ModeConfig
-from ..svi_core.prompts import PromptStream
 from .convert import split_prompt_text
 
 SVIPrompts = io.Custom("SVI_PROMPTS")
@@ -35,15 +34,6 @@ class EncodedPrompts:
     negative_text: str | None
     clip: Any = field(repr=False)
     _negatives: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def stream(self, mode: ModeConfig) -> PromptStream:
-        """The per-clip positive CONDITIONING stream under ``mode``'s prompt policy."""
-        repeat = self.repeat or mode.prompt_repeat
-        return PromptStream(list(self.positives), mode.prompt_policy, repeat)
-
-    def text_stream(self, mode: ModeConfig) -> PromptStream:
-        """The same stream over the prompt texts (for logs and the run store)."""
-        return PromptStream(list(self.texts), mode.prompt_policy, self.repeat or mode.prompt_repeat)
 
     def negative_for(self, mode: ModeConfig) -> tuple[str, Any]:
         """(text, CONDITIONING) of the negative prompt: the given one, else the mode's."""
