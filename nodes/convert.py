@@ -83,6 +83,12 @@ def run_directory(output_root: str, run_name: str, subfolder: str = "svi") -> st
     return path
 
 
+def run_video(run_dir: str) -> str:
+    """The stitched video of an SVI run folder: ``<run_dir>/<folder name>.mp4`` (where the
+    SVI Infinite Sampler writes it and the Drift Report looks for it)."""
+    return os.path.join(run_dir, os.path.basename(os.path.normpath(run_dir)) + ".mp4")
+
+
 def module_shapes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     """Weight shapes by official module path (``blocks.0.self_attn.q`` -> ``(out, in)``).
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..svi_core.errors import SVIError
 from ..svi_core.run_store import MANIFEST
-from .convert import run_directory, sanitise_run_name
+from .convert import run_directory, run_video, sanitise_run_name
 
 REPORT_SUBFOLDER = "svi_drift"
 
@@ -35,12 +35,6 @@ class ReportTarget:
 def _inside(root: str, path: str) -> bool:
     root, path = os.path.realpath(root), os.path.realpath(path)
     return os.path.commonpath([root, path]) == root
-
-
-def run_video(run_dir: str) -> str:
-    """The stitched video of an SVI run folder: ``<run_dir>/<folder name>.mp4`` (what the
-    SVI Infinite Sampler writes)."""
-    return os.path.join(run_dir, os.path.basename(os.path.normpath(run_dir)) + ".mp4")
 
 
 def resolve_target(output_root: str, run_name: str, video_path: str | None) -> ReportTarget:

@@ -28,7 +28,7 @@ from ..svi_core.run_store import RunStore, input_fingerprints, sha256_json
 from ..svi_core.video_io import read_last_frames
 from .backend import ComfyBackend
 from .checks import EXISTING_RUN, check_models, model_fingerprint, pick_run_dir
-from .convert import reference_from_image
+from .convert import reference_from_image, run_video
 from .prompts import EncodedPrompts, SVIPrompts
 
 MAX_SIZE = 4096
@@ -273,8 +273,7 @@ class SVIInfiniteSampler(io.ComfyNode):
             extra,
         )
         done = RunStore.open(run_dir, settings.identity(), extra).clips_done
-        name = os.path.basename(run_dir)
-        video_path = os.path.join(run_dir, f"{name}.mp4")
+        video_path = run_video(run_dir)
         total = max(0, settings.num_clips - done) * mode.steps
         bar = comfy.utils.ProgressBar(max(total, 1))
         first = done
