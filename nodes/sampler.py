@@ -44,6 +44,7 @@ def _settings(kwargs: dict[str, Any], prompts: EncodedPrompts, image: torch.Tens
         seed_base=kwargs["seed"],
         seed_stride=kwargs["seed_stride"],
         fps=kwargs["fps"],
+        prompt_repeat=prompts.repeat or None,  # 0 = the mode's own repeat
         **({"boundary": kwargs["boundary"]} if get_mode(kwargs["mode"]).boundary else {}),
     )
     width, height = kwargs["width"], kwargs["height"]

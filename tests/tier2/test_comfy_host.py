@@ -206,6 +206,18 @@ def test_interrupt_then_resume_same_run(host, object_info):
     assert [c["index"] for c in manifest["clips"]] == [0, 1, 2]
 
 
+def test_prompt_stream_repeat_reaches_the_loop(host, object_info):
+    """repeat = 2 on the Prompt Stream: clips 0 and 1 both use prompt 0, clip 2 prompt 1."""
+    run = f"repeat_{uuid.uuid4().hex[:6]}"
+    api = _twin("SVI-Film_Wan2.1_prompt_stream", object_info, clips=3, steps=1, run_name=run)
+    stream = next(v for v in api.values() if v["class_type"] == "SVIPromptStream")
+    stream["inputs"].update(prompts="a cat walks\n\na dog runs", repeat=2)
+    entry = host.run(api)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    manifest = json.loads((host.base / "output" / "svi" / run / "manifest.json").read_text())
+    assert [c["prompt_index"] for c in manifest["clips"]] == [0, 0, 1]
+
+
 # ----- the LoRA key fix ----------------------------------------------------------------------
 
 
