@@ -58,6 +58,8 @@ class ClipPlan:
         reference: uint8 ``[H, W, 3]``: the image this clip pads with (reference padding) or
             anchors on (SVI 2.0 Pro); the run's reference unless a condition changes it.
         keyframe: uint8 ``[H, W, 3]`` image the clip's LAST frame is conditioned on, or None.
+        keyframe_slot: how much of the last latent frame the keyframe fills (``"frame"`` or
+            ``"latent"``, see :data:`svi_core.conditioning.KeyframeSlot`).
         lora_strengths: LoRA name -> strength for this clip; empty = as loaded. Names are the
             backend's (the loader's file names).
         extras: model-side payloads by condition name (``"audio"``, ``"pose"``), each applied
@@ -73,6 +75,7 @@ class ClipPlan:
     guidance: Guidance
     reference: torch.Tensor
     keyframe: torch.Tensor | None = None
+    keyframe_slot: str = "frame"
     lora_strengths: Mapping[str, float] = field(default_factory=frozen_mapping)
     extras: Mapping[str, Any] = field(default_factory=frozen_mapping)
 
@@ -100,6 +103,8 @@ class ClipPlan:
             "keyframe": None if self.keyframe is None else sha256_tensor(self.keyframe),
             "lora_strengths": {k: float(v) for k, v in sorted(self.lora_strengths.items())},
         }
+        if self.keyframe is not None:
+            out["keyframe_slot"] = self.keyframe_slot
         for name in sorted(self.extras):
             out[f"extra.{name}"] = fingerprint(self.extras[name])
         return out
@@ -131,12 +136,21 @@ class ClipCondition(Protocol):
 
 
 def conditions_identity(conditions: tuple[ClipCondition, ...]) -> dict[str, Any]:
-    """``{name: identity}`` of a run's conditions; names must be unique."""
+    """``{name: identity}`` of a run's conditions; names must be unique.
+
+    A condition with no run-level settings (an empty identity, e.g. a per-clip schedule)
+    adds nothing: everything it does is in the clip plans, so it may be added to a run, or
+    edited, for clips that are not made yet.
+    """
     out: dict[str, Any] = {}
+    seen: set[str] = set()
     for c in conditions:
-        if c.name in out:
+        if c.name in seen:
             from .errors import SVIError
 
             raise SVIError(f"two per-clip conditions are named {c.name!r}; give each one once")
-        out[c.name] = dict(c.identity())
+        seen.add(c.name)
+        ident = dict(c.identity())
+        if ident:
+            out[c.name] = ident
     return out

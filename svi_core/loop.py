@@ -32,12 +32,15 @@ import torch
 
 from .backend import Backend, ClipRequest
 from .conditioning import (
+    KEYFRAME_SLOTS,
     Carry,
+    Keyframe,
     anchor_latent,
     build_conditioning,
     carry_from_clip,
     check_frames,
     check_size,
+    keyframe_latent,
     quantise_frames,
 )
 from .conditions import ClipCondition, ClipPlan, conditions_identity
@@ -294,6 +297,11 @@ class PreparedRun:
 
 
 def _check_plan(plan: ClipPlan, settings: RunSettings) -> None:
+    if plan.keyframe is not None and plan.keyframe_slot not in KEYFRAME_SLOTS:
+        raise SVIError(
+            f"clip {plan.index}: keyframe slot {plan.keyframe_slot!r} must be one of "
+            f"{', '.join(KEYFRAME_SLOTS)}"
+        )
     ref = plan.reference
     want = (settings.height, settings.width, 3)
     for name, img in (("reference", ref), ("keyframe", plan.keyframe)):
@@ -397,11 +405,26 @@ class _ClipMaker:
             self._anchors[key] = anchor_latent(self.backend, reference)
         return self._anchors[key]
 
+    def keyframe(self, plan: ClipPlan) -> tuple[Keyframe | None, torch.Tensor | None]:
+        """The plan's keyframe and, for latent carry, its latent (encoded once per image)."""
+        if plan.keyframe is None:
+            return None, None
+        key = Keyframe(plan.keyframe, plan.keyframe_slot)  # type: ignore[arg-type]
+        if self.run.settings.mode.carry != "latent":
+            return key, None
+        cache = f"keyframe:{key.slot}:{sha256_tensor(key.image)}"
+        if cache not in self._anchors:
+            self._anchors[cache] = keyframe_latent(self.backend, key)
+        return key, self._anchors[cache]
+
     def request(self, plan: ClipPlan, carry: Carry | None) -> ClipRequest:
         settings = self.run.settings
         mode = settings.mode
         anchor = self.anchor(plan.reference) if mode.carry == "latent" else None
-        cond = build_conditioning(self.backend, mode, plan.reference, carry, anchor)
+        key, key_lat = self.keyframe(plan)
+        cond = build_conditioning(
+            self.backend, mode, plan.reference, carry, anchor, keyframe=key, keyframe_lat=key_lat
+        )
         clip_fea = None
         if mode.clip_vision and cond.clip_frame is not None:
             clip_fea = self.backend.encode_clip_vision(cond.clip_frame)
