@@ -437,10 +437,11 @@ class RunStore:
                     shown_a = "(not set)" if a is _MISSING else _describe(a)
                     shown_b = "(not set)" if b is _MISSING else _describe(b)
                     raise RunMismatchError(
-                        f"run directory {self.root}: clip {rec.index} is already made with "
-                        f"{key}={shown_a}, this run gives it {key}={shown_b}. Finished clips "
-                        f"cannot change: change only clips from {self.clips_done} on (not made "
-                        "yet), or use another run directory for a new video"
+                        f"run directory {self.root}: clip {rec.index + 1} (index {rec.index}) "
+                        f"is already made with {key}={shown_a}, this run gives it "
+                        f"{key}={shown_b}. Finished clips cannot change: change only clips "
+                        f"{self.clips_done + 1} and later (not made yet), or use another run "
+                        "directory for a new video"
                     )
 
     def _check_files(self) -> None:

@@ -79,7 +79,9 @@ def test_finished_clips_cannot_change_but_later_ones_can(tmp_path):
     s2, s3 = settings("tom", clips=2), settings("tom", clips=3)
     go(tmp_path, s2, Beat(values=(0.5, -1.0, 2.0)))
     # clip 1 is finished: another value for it is refused, naming the clip and the field
-    with pytest.raises(RunMismatchError, match=r"clip 1 is already made with extra\.beat="):
+    with pytest.raises(
+        RunMismatchError, match=r"clip 2 \(index 1\) is already made with extra\.beat="
+    ):
         go(tmp_path, s3, Beat(values=(0.5, 3.0, 2.0)))
     # clip 2 is not made yet: its value may change (e.g. a longer audio track, a new schedule)
     be, res = go(tmp_path, s3, Beat(values=(0.5, -1.0, 4.0)))
