@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from .conditioning import check_frames, check_size, load_reference
+from .clip_schedule import LoadedLora, Schedule, ScheduleCondition, load_schedule_file
+from .conditioning import check_frames, check_size, load_reference, read_image
 from .errors import Cancelled, SVIError
 from .log import logger
 from .loop import LoopInputs, RunResult, RunSettings, check_output, open_run, run_clips
@@ -40,13 +42,22 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 @dataclass(frozen=True)
 class LoraSpec:
-    """A LoRA file and its strength (``PATH[:STRENGTH]`` on the command line)."""
+    """A LoRA file and its strength (``[NAME=]PATH[:STRENGTH]`` on the command line).
+
+    ``name``: what a schedule calls it (``lora.NAME``); default: the file name's stem
+    (:func:`svi_core.clip_schedule.lora_name`).
+    """
 
     path: Path
     strength: float = 1.0
+    name: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> LoraSpec:
+        name = None
+        head, sep, tail = text.partition("=")
+        if sep and head and re.fullmatch(r"[A-Za-z0-9_-]+", head):
+            name, text = head, tail
         path, strength = text, 1.0
         head, sep, tail = text.rpartition(":")
         if sep and head and not (len(head) == 1 and head.isalpha()):  # keep "C:\..." intact
@@ -55,7 +66,13 @@ class LoraSpec:
                 path = head
             except ValueError:
                 path = text
-        return cls(Path(path), strength)
+        return cls(Path(path), strength, name)
+
+    @property
+    def schedule_name(self) -> str:
+        from .clip_schedule import lora_name
+
+        return self.name if self.name is not None else lora_name(self.path.name)
 
 
 @dataclass(frozen=True)
@@ -128,6 +145,8 @@ class GenerateOptions:
         output: the mp4. run_dir: the resumable run directory. device, dtype: where and in
         which dtype the DiT and text encoder run (the VAE and CLIP vision run in float32).
         batch_cfg: batch the CFG passes. progress: show tqdm bars.
+        schedule: the per-clip schedule (``--schedule``) or None; schedule_images: its
+            images, uint8 ``[H, W, 3]`` as read (image N = ``schedule_images[N - 1]``).
     """
 
     settings: RunSettings
@@ -140,6 +159,23 @@ class GenerateOptions:
     dtype: torch.dtype
     batch_cfg: bool = True
     progress: bool = True
+    schedule: Schedule | None = None
+    schedule_images: tuple[torch.Tensor, ...] = ()
+
+    def loaded_loras(self) -> tuple[LoadedLora, ...]:
+        """The LoRAs of both models as a schedule names them."""
+        return tuple(
+            [LoadedLora(x.schedule_name, "high", x.strength) for x in self.files.loras]
+            + [LoadedLora(x.schedule_name, "low", x.strength) for x in self.files.low_noise_loras]
+        )
+
+    def schedule_condition(self) -> ScheduleCondition | None:
+        """The run's per-clip schedule condition (None without ``--schedule``)."""
+        if self.schedule is None:
+            return None
+        return ScheduleCondition(
+            self.schedule, images=self.schedule_images, loras=self.loaded_loras()
+        )
 
 
 # ----- parsing ------------------------------------------------------------------------------
@@ -167,11 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--clip-vision", type=Path, help="CLIP ViT-H (Wan2.1 modes)")
     m.add_argument(
-        "--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
-        help="LoRA for --model (repeatable)",
+        "--lora", action="append", default=[], metavar="[NAME=]PATH[:STRENGTH]",
+        help="LoRA for --model (repeatable); NAME is what a schedule calls it (default: the "
+        "file name)",
     )  # fmt: skip
     m.add_argument(
-        "--low-noise-lora", action="append", default=[], metavar="PATH[:STRENGTH]",
+        "--low-noise-lora", action="append", default=[], metavar="[NAME=]PATH[:STRENGTH]",
         help="LoRA for --low-noise-model (repeatable)",
     )  # fmt: skip
     i = g.add_argument_group("inputs")
@@ -179,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--prompts", type=Path, help="prompt file (prompts = [...] or one per line)")
     i.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     i.add_argument("--negative", help="negative prompt (default: the mode's official one)")
+    i.add_argument(
+        "--schedule", type=Path,
+        help="per-clip schedule (TOML): prompt, seed, cfg, LoRA strengths, anchor and keyframe "
+        "images per clip range",
+    )  # fmt: skip
     s = g.add_argument_group("generation")
     s.add_argument("--mode", default="film", choices=list(MODES), help="SVI mode (default film)")
     s.add_argument("--clips", type=int, help="number of clips (default: the mode's rule)")
@@ -262,6 +304,21 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         _need_file(spec.path, "LoRA file", "--lora")
     if low_loras and args.low_noise_model is None:
         raise SVIError("--low-noise-lora needs --low-noise-model (the Wan2.2 low-noise expert)")
+    for flag, specs in (("--lora", loras), ("--low-noise-lora", low_loras)):
+        names = [x.schedule_name for x in specs]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise SVIError(
+                f"two {flag} files are both named {twice[0]!r}; name them for the schedule with "
+                f"{flag} NAME=PATH[:STRENGTH]"
+            )
+    schedule, schedule_images = None, ()
+    if args.schedule is not None:
+        schedule, image_paths = load_schedule_file(args.schedule)
+        schedule_images = tuple(
+            read_image(p, f"schedule image {i} ({args.schedule})")
+            for i, p in enumerate(image_paths, start=1)
+        )
     if args.prompts is not None and args.prompt:
         raise SVIError("give prompts either with --prompts FILE or with --prompt, not both")
     if args.prompts is not None:
@@ -316,6 +373,8 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         dtype=dtype,
         batch_cfg=not args.no_batch_cfg,
         progress=not args.no_progress,
+        schedule=schedule,
+        schedule_images=schedule_images,
     )
 
 
@@ -324,8 +383,10 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
 
 def build_backend(opts: GenerateOptions):
     """Load the models of ``opts.files`` and return a :class:`DiffusersBackend`."""
+    from .clip_schedule import lora_key
     from .lora import apply_lora_to_diffusers, load_lora
     from .standalone.backend import DiffusersBackend, embeddings_text_encoder
+    from .standalone.lora_switch import SwitchableLoras
     from .standalone.models import (
         clip_vision_features,
         encode_text,
@@ -336,15 +397,32 @@ def build_backend(opts: GenerateOptions):
     )
 
     f, dev = opts.files, torch.device(opts.device)
+    condition = opts.schedule_condition()
+    switched = condition.lora_keys() if condition is not None else set()
+    switches = []
 
-    def dit(path: Path, loras: Sequence[LoraSpec]) -> torch.nn.Module:
+    def dit(path: Path, loras: Sequence[LoraSpec], expert: str) -> torch.nn.Module:
         model = load_wan_transformer(path, dtype=opts.dtype)
+        later = {}
         for spec in loras:
-            apply_lora_to_diffusers(model, load_lora(spec.path), spec.strength)
-        return model.to(dev)
+            key = lora_key(spec.schedule_name, expert)
+            if key in switched:  # a schedule changes it per clip: applied unmerged
+                later[key] = (load_lora(spec.path), spec.strength)
+            else:
+                apply_lora_to_diffusers(model, load_lora(spec.path), spec.strength)
+        model = model.to(dev)
+        if later:
+            switches.append(SwitchableLoras(model, later))
+            logger.info(
+                "LoRA(s) %s applied unmerged: the schedule changes their strength per clip",
+                ", ".join(sorted(later)),
+            )
+        return model
 
-    high = dit(f.model, f.loras)
-    low = dit(f.low_noise_model, f.low_noise_loras) if f.low_noise_model is not None else None
+    high = dit(f.model, f.loras, "high")
+    low = None
+    if f.low_noise_model is not None:
+        low = dit(f.low_noise_model, f.low_noise_loras, "low")
     vae = load_wan_vae(f.vae, dtype=torch.float32).to(dev)
     if f.text_encoder is not None:
         te, tok = load_umt5_encoder(f.text_encoder, f.tokenizer, dtype=opts.dtype)
@@ -371,9 +449,11 @@ def build_backend(opts: GenerateOptions):
         device=dev,
         dtype=opts.dtype,
         batch_cfg=opts.batch_cfg,
+        loras=switches,
     )
     # every prompt is known up front: encode them all, then free the text encoder
-    backend.precompute_text([*opts.prompts, opts.settings.mode.negative_prompt])
+    scheduled = opts.schedule.prompts() if opts.schedule is not None else []
+    backend.precompute_text([*opts.prompts, *scheduled, opts.settings.mode.negative_prompt])
     return backend
 
 
@@ -381,8 +461,12 @@ def generate(opts: GenerateOptions, backend=None) -> RunResult:
     """Run (or resume / extend) a generation; ``backend`` defaults to :func:`build_backend`."""
     mode = opts.settings.mode
     reference = load_reference(opts.image, mode, (opts.settings.width, opts.settings.height))
+    condition = opts.schedule_condition()
     inputs = LoopInputs(
-        reference=reference, prompts=opts.prompts, fingerprints=opts.files.fingerprints()
+        reference=reference,
+        prompts=opts.prompts,
+        fingerprints=opts.files.fingerprints(),
+        conditions=(condition,) if condition is not None else (),
     )
     # the run directory and the output are checked (and the run locked) before any model loads
     check_output(opts.output)

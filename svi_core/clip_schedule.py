@@ -664,6 +664,11 @@ class ScheduleCondition:
                 f"(loaded: {loaded})",
             )
 
+    def lora_keys(self) -> set[str]:
+        """The ``ClipPlan.lora_strengths`` keys this schedule sets on some clip (the LoRAs a
+        backend must be able to switch)."""
+        return {slot.key for _, s in self.schedule.lora_settings() for slot in self._slots(s)}
+
     def _slots(self, s: LoraSetting) -> list[LoadedLora]:
         return [
             x for x in self.loras if x.name == s.name and (s.expert is None or x.expert == s.expert)

@@ -449,6 +449,32 @@ def stretch_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return torch.from_numpy(np.array(pil, dtype=np.uint8).copy())
 
 
+def read_image(path: str | Path, what: str = "image") -> torch.Tensor:
+    """An image file as uint8 ``[H, W, 3]`` RGB, at its own size (no resizing).
+
+    Raises:
+        SVIError: the file is missing or not a readable image (``what`` names it).
+    """
+    import numpy as np
+
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as e:  # pragma: no cover - pillow is in the standalone extra
+        raise SVIError("loading an image file needs pillow: pip install pillow") from e
+    p = Path(path)
+    if not p.is_file():
+        raise SVIError(f"{what} {p} does not exist; pass an existing image file")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            rgb = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise SVIError(
+            f"{what} {p} cannot be read as an image ({e}); use a PNG/JPEG/WebP file"
+        ) from None
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8).copy())
+
+
 def check_size(width: int, height: int) -> None:
     """Width and height must be positive multiples of 16; the error names the nearest valid ones."""
     bad = [(n, v) for n, v in (("width", width), ("height", height)) if v < 16 or v % 16]

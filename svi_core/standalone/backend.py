@@ -15,7 +15,7 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -26,6 +26,9 @@ from ..latents import denormalise, normalise
 from ..log import logger
 from ..sampler import sample_flow
 from .models import vae_decode, vae_encode
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .lora_switch import SwitchableLoras
 
 TextEncoderFn = Callable[[str], torch.Tensor]
 """``prompt -> [1, 512, text_dim]`` text context (padded positions zero)."""
@@ -67,6 +70,9 @@ class DiffusersBackend:
         batch_cfg: run the guidance passes of a step as one batch.
         extras: hooks of the per-clip conditions this backend can apply, by name (e.g.
             ``{"audio": MultiTalkAudio(...)}``); a clip carrying another extra is refused.
+        loras: LoRAs applied unmerged whose strength a clip may set
+            (``ClipRequest.lora_strengths``), one :class:`SwitchableLoras` per expert that has
+            any; a clip setting another LoRA is refused.
     """
 
     def __init__(
@@ -81,8 +87,10 @@ class DiffusersBackend:
         dtype: torch.dtype = torch.float32,
         batch_cfg: bool = True,
         extras: Mapping[str, DiffusersExtra] | None = None,
+        loras: Sequence[SwitchableLoras] = (),
     ) -> None:
         self.extras = dict(extras or {})
+        self.loras = tuple(loras)
         self.experts = [transformer] + ([low_noise_transformer] if low_noise_transformer else [])
         self.vae = vae
         self.text_encoder = text_encoder
@@ -139,6 +147,7 @@ class DiffusersBackend:
             )
             self._warned_one_expert = True
         unknown_extras(request, self.extras, "diffusers")
+        self._set_lora_strengths(request)
         dev, dt = self.device, self.dtype
         y = torch.cat([request.mask.float(), request.cond_latent.float()], dim=1).to(dev, dt)
         passes = request.guidance.passes
@@ -191,6 +200,19 @@ class DiffusersBackend:
             self.text_encoder = None
 
     # ----- helpers ------------------------------------------------------------------------
+
+    def _set_lora_strengths(self, request: ClipRequest) -> None:
+        """Every switchable LoRA at the clip's strength (the loaded one when not set)."""
+        known = {k for sw in self.loras for k in sw.keys}
+        unknown = sorted(set(request.lora_strengths) - known)
+        if unknown:
+            raise SVIError(
+                f"clip {request.index}: a strength for LoRA {unknown[0]!r}, which this backend "
+                f"cannot change (switchable: {', '.join(sorted(known)) or 'none'}); load it as "
+                "a switchable LoRA (the CLI does this for every LoRA a schedule names)"
+            )
+        for sw in self.loras:
+            sw.set({k: v for k, v in request.lora_strengths.items() if k in sw.keys})
 
     def _forward(
         self,
