@@ -25,6 +25,7 @@ from ..svi_core.errors import Cancelled, SVIError
 from ..svi_core.latents import denormalise, normalise
 from .checks import expert_switch
 from .convert import frame_to_image, image_to_pixels, official_mask_to_comfy, pixels_to_image
+from .lora_patch import check_strength_keys, with_strengths
 
 
 @contextmanager
@@ -123,6 +124,7 @@ class ComfyBackend:
         self.sampler_name = sampler_name
         self.scheduler = scheduler
         self._shifted: dict[tuple[int, float, str], Any] = {}
+        self._strengths: dict[tuple[int, tuple[tuple[str, float], ...]], Any] = {}
 
     # ----- VAE -------------------------------------------------------------------------
 
@@ -155,6 +157,16 @@ class ComfyBackend:
             self._shifted[key] = with_shift(model, shift, timestep_dtype)
         return self._shifted[key]
 
+    def _with_strengths(self, model: Any, expert: str, request: ClipRequest) -> Any:
+        """``model`` re-patched to the clip's LoRA strengths (the same clone while they stay
+        the same, so ComfyUI re-applies weights only when they change)."""
+        if not request.lora_strengths:
+            return model
+        key = (id(model), tuple(sorted(request.lora_strengths.items())))
+        if key not in self._strengths:
+            self._strengths[key] = with_strengths(model, expert, request.lora_strengths)
+        return self._strengths[key]
+
     def _patch_extras(self, model: Any, request: ClipRequest) -> Any:
         """``model`` with every extra condition of ``request`` applied (a clone if any)."""
         passes = request.guidance.passes
@@ -176,16 +188,14 @@ class ComfyBackend:
                 f"clip {request.index}: {request.guidance.describe()} guidance needs the "
                 "ComfyUI hook of its mode; this sampler supports classifier-free guidance only"
             )
-        if request.lora_strengths:
-            raise SVIError(
-                f"clip {request.index}: per-clip LoRA strengths need the schedule's model "
-                "patcher; this sampler applies the LoRAs as loaded"
-            )
+        check_strength_keys(request.lora_strengths, self.model, self.low_noise_model, request.index)
         ts = getattr(request, "timestep_dtype", "float32")
-        high = self._patch_extras(self._shift(self.model, request.shift, ts), request)
+        high = self._with_strengths(self.model, "high", request)
+        high = self._patch_extras(self._shift(high, request.shift, ts), request)
         low = None
         if self.low_noise_model is not None and request.boundary is not None:
-            low = self._shift(self.low_noise_model, request.shift, ts)
+            low = self._with_strengths(self.low_noise_model, "low", request)
+            low = self._shift(low, request.shift, ts)
             low = self._patch_extras(low, request)
         image = (request.cond_latent, request.mask, request.clip_vision)
         positive = image_condition(request.positive, *image)

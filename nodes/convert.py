@@ -139,6 +139,21 @@ def split_prompt_text(text: str, source: str = "SVI Prompt Stream text") -> list
     return prompts
 
 
+def image_to_uint8(image: torch.Tensor | None, name: str) -> torch.Tensor | None:
+    """One ComfyUI IMAGE (``[1, H, W, C]`` in [0, 1]) -> uint8 ``[H, W, 3]`` (rounded: an image
+    loaded from a file comes back exactly); None stays None. A batch of several images is
+    refused, naming the input."""
+    if image is None:
+        return None
+    if image.ndim != 4 or image.shape[0] != 1:
+        n = image.shape[0] if image.ndim == 4 else "?"
+        raise SVIError(
+            f"{name} holds {n} images; connect one image per input (pick one with ImageFromBatch)"
+        )
+    px = image_to_pixels(image)[0, :, 0]  # [3, H, W] in [-1, 1]
+    return ((px.permute(1, 2, 0) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 def reference_from_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """The first frame of a ComfyUI IMAGE as the reference: uint8 ``[height, width, 3]``.
 

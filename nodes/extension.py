@@ -9,12 +9,14 @@ from .drift import SVIDriftReport
 from .loaders import SVILoraLoader, SVIModelLoader
 from .prompts import SVIPromptStream
 from .sampler import SVIInfiniteSampler
+from .schedule import SVISchedule
 from .toy import SVIToyModels
 
 NODE_CLASSES: list[type[io.ComfyNode]] = [
     SVIModelLoader,
     SVILoraLoader,
     SVIPromptStream,
+    SVISchedule,
     SVIInfiniteSampler,
     SVIClipConditioning,
     SVIDriftReport,

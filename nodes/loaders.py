@@ -10,6 +10,7 @@ LoRA layer is checked against the model before it is applied.
 from __future__ import annotations
 
 import comfy.lora
+import comfy.lora_convert
 import comfy.sd
 import comfy.utils
 import folder_paths
@@ -17,11 +18,15 @@ import torch
 from comfy_api.latest import io
 
 from ..svi_core import lora as svi_lora
+from ..svi_core.clip_schedule import lora_name
 from ..svi_core.errors import CheckpointError
 from ..svi_core.log import logger
 from .convert import module_shapes
+from .lora_patch import PatchedLora, record_lora
 
 NONE = "none"
+SVI_LORA_NAME = "svi"
+"""What a schedule calls the SVI Model Loader's LoRA(s) (``lora.svi``, on both experts)."""
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
 _FP8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 
@@ -45,10 +50,15 @@ def _diffusion_state_dict(model) -> dict[str, torch.Tensor]:
     return model.model.diffusion_model.state_dict()
 
 
-def apply_svi_lora(model, lora_path: str, strength: float, label: str = "the model"):
+def apply_svi_lora(
+    model, lora_path: str, strength: float, label: str = "the model", name: str | None = None
+):
     """Validate the LoRA file at ``lora_path`` against ``model`` and apply it unmerged.
 
-    ``model``: a ComfyUI MODEL (ModelPatcher) holding a Wan DiT. Returns a patched clone.
+    ``model``: a ComfyUI MODEL (ModelPatcher) holding a Wan DiT. Returns a patched clone, made
+    as ComfyUI's ``load_lora_for_models`` makes it (``clone`` + ``add_patches``), with the LoRA
+    recorded under ``name`` (default: the file name, see ``svi_core.clip_schedule.lora_name``)
+    so a per-clip schedule can re-patch its strength (``nodes/lora_patch.py``).
     Raises CheckpointError naming the LoRA file and the first layer that does not land on
     the model (a LoRA for another model, or one ComfyUI would silently skip).
     """
@@ -74,7 +84,20 @@ def apply_svi_lora(model, lora_path: str, strength: float, label: str = "the mod
             label,
             str(weight.dtype).replace("torch.", ""),
         )
-    patched, _ = comfy.sd.load_lora_for_models(model, None, canonical, strength, 0.0)
+    patches = comfy.lora.load_lora(comfy.lora_convert.convert_lora(canonical), key_map)
+    patched = model.clone()
+    if strength != 0:  # at 0 nothing is patched, but the record lets a schedule raise it
+        patched.add_patches(patches, strength)
+    record_lora(
+        patched,
+        PatchedLora(
+            name=name or lora_name(lora_path),
+            strength=float(strength),
+            patches=patches,
+            source=str(lora_path),
+        ),
+        label,
+    )
     logger.info(
         "applied LoRA '%s' to %s: %d layers, rank %d, strength %g",
         lora_path,
@@ -196,13 +219,14 @@ class SVIModelLoader(io.ComfyNode):
         model = _load_model(model_name, weight_dtype)
         if lora_name != NONE:
             path = folder_paths.get_full_path_or_raise("loras", lora_name)
-            model = apply_svi_lora(model, path, lora_strength, label=f"'{model_name}'")
+            model = apply_svi_lora(model, path, lora_strength, f"'{model_name}'", SVI_LORA_NAME)
         low = None
         if low_noise_model_name != NONE:
             low = _load_model(low_noise_model_name, weight_dtype)
             if low_noise_lora_name != NONE:
                 path = folder_paths.get_full_path_or_raise("loras", low_noise_lora_name)
-                low = apply_svi_lora(low, path, lora_strength, label=f"'{low_noise_model_name}'")
+                label = f"'{low_noise_model_name}'"
+                low = apply_svi_lora(low, path, lora_strength, label, SVI_LORA_NAME)
         vae_path = folder_paths.get_full_path_or_raise("vae", vae_name)
         vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(vae_path))
         return io.NodeOutput(model, low, vae)
@@ -240,6 +264,13 @@ class SVILoraLoader(io.ComfyNode):
                     tooltip="LoRA strength (SVI: 1.0; a LightX2V speed LoRA: 0.5 on the "
                     "high-noise expert, 1.0 on the low-noise one).",
                 ),
+                io.String.Input(
+                    "schedule_name",
+                    default="",
+                    optional=True,
+                    tooltip="Name an SVI Schedule uses for this LoRA (lora.NAME=0.5); empty = "
+                    "the file name (lower case, other characters as _).",
+                ),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The model with the LoRA applied.")
@@ -247,8 +278,9 @@ class SVILoraLoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, lora_name: str, strength: float) -> io.NodeOutput:
+    def execute(
+        cls, model, lora_name: str, strength: float, schedule_name: str = ""
+    ) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("loras", lora_name)
-        if strength == 0:
-            return io.NodeOutput(model)
-        return io.NodeOutput(apply_svi_lora(model, path, strength, label="the connected model"))
+        name = schedule_name.strip() or None
+        return io.NodeOutput(apply_svi_lora(model, path, strength, "the connected model", name))

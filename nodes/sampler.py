@@ -27,7 +27,9 @@ from ..svi_core.run_store import sha256_json
 from .backend import ComfyBackend
 from .checks import EXISTING_RUN, check_models, model_fingerprint, pick_run
 from .convert import reference_from_image, run_video
+from .lora_patch import schedule_loras
 from .prompts import EncodedPrompts, SVIPrompts
+from .schedule import ScheduleInput, SVISchedulePort
 
 MAX_SIZE = 4096
 
@@ -66,12 +68,18 @@ def _inputs(kw: dict[str, Any], prompts: EncodedPrompts, reference: torch.Tensor
     }
     if kw.get("low_noise_model") is not None:
         fingerprints["low_noise_model"] = model_fingerprint(kw["low_noise_model"])
+    conditions = ()
+    schedule: ScheduleInput | None = kw.get("schedule")
+    if schedule is not None:
+        loras = schedule_loras(kw["model"], kw.get("low_noise_model"))
+        conditions = (schedule.condition(prompts.clip, loras),)
     return LoopInputs(
         reference=reference,
         prompts=list(prompts.positives),
         negative=negative,
         fingerprints=fingerprints,
         prompt_keys=[sha256_json(t) for t in prompts.texts],
+        conditions=conditions,
     )
 
 
@@ -226,6 +234,12 @@ class SVIInfiniteSampler(io.ComfyNode):
                     "clip_vision",
                     optional=True,
                     tooltip="Wan2.1 modes: CLIP vision H (clip_vision_h.safetensors); unused on Wan2.2.",
+                ),
+                SVISchedulePort.Input(
+                    "schedule",
+                    optional=True,
+                    tooltip="SVI Schedule: per-clip prompt, seed, CFG, LoRA strengths, anchor "
+                    "(scene change) and keyframes; unscheduled clips keep the mode's values.",
                 ),
             ],
             outputs=[

@@ -47,8 +47,13 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
             ("reference_image", "IMAGE"),
             ("low_noise_model", "MODEL"),
             ("clip_vision", "CLIP_VISION"),
+            ("schedule", "SVI_SCHEDULE"),
         ],
         [("video", "VIDEO"), ("last_latent", "LATENT"), ("last_frames", "IMAGE")],
+    ),
+    "SVISchedule": (
+        [(f"image_{i}", "IMAGE") for i in range(1, 9)],
+        [("schedule", "SVI_SCHEDULE")],
     ),
     "SVIToyModels": (
         [],
@@ -272,18 +277,96 @@ def toy() -> dict[str, Any]:
     return _build(spec, links)
 
 
+STORY_SCHEDULE = """# Directing the story clip by clip: clip 1 is the first (about 5 s per clip).
+# Clips without a line use the Prompt Stream and the official settings.
+clip 3: prompt="The fox reaches the shore of a frozen lake and stops.", keyframe=image 1
+clip 4: anchor=image 2, prompt="Night in the pine forest: the fox curls up as snow falls."
+clip 6: prompt="Dawn: the fox wakes up and looks into the camera.", keyframe=image 3
+# With the two Speed LoRA nodes enabled (Ctrl+B), users make the first clip without the
+# SVI LoRA (SVI issue 51) and can set the speed LoRA per clip:
+# clip 1: lora.svi=0
+# clip 2: lora.lightx2v.high=0.3
+"""
+
+
+def story() -> dict[str, Any]:
+    """SVI 2.0 Pro directed by an SVI Schedule: two keyframes and a scene change."""
+    prompts = (
+        "# The Prompt Stream gives the clips without a schedule line their prompt.\n"
+        "A red fox trots through a snowy forest at dawn, soft light.\n\n"
+        "The fox follows a trail between the pines, snow glittering."
+    )
+    note_extra = (
+        "**SVI Schedule** directs the video clip by clip (one line per clip or range; keys "
+        "prompt, seed, cfg, lora.NAME, anchor, keyframe, keyframe_slot). Here: clip 3 ends on "
+        "*Keyframe A*, clip 4 changes the scene (new anchor image, kept from then on), clip 6 "
+        "ends on *Keyframe B*. Replace the three images with your own (they are stretched to "
+        "the video size). Keyframes use WanFirstLastFrameToVideo's layout; the SVI LoRAs were "
+        "trained without end frames, so the last frames may hold still or lose some colour: "
+        "see the README section *Directing a long video*. Queue again with more lines for later "
+        "clips to extend the story; lines for finished clips cannot change."
+    )
+    spec = [
+        {"id": 1, "type": "SVIModelLoader", "pos": [0, 0], "size": [400, 240],
+         "widgets": [HIGH_MODEL, LORA_PRO_HIGH, 1.0, VAE, LOW_MODEL, LORA_PRO_LOW, "default"]},
+        {"id": 8, "type": "SVILoraLoader", "pos": [440, -220], "mode": 4,
+         "title": "Speed LoRA high (lightx2v)", "widgets": [SPEED_HIGH, 0.5, "lightx2v"]},
+        {"id": 9, "type": "SVILoraLoader", "pos": [440, -60], "mode": 4,
+         "title": "Speed LoRA low (lightx2v)", "widgets": [SPEED_LOW, 1.0, "lightx2v"]},
+        {"id": 2, "type": "CLIPLoader", "pos": [0, 280], "widgets": [UMT5, "wan", "default"]},
+        {"id": 4, "type": "LoadImage", "pos": [0, 420], "size": [300, 300], "title": "Start image",
+         "widgets": ["example.png", "image"]},
+        {"id": 11, "type": "LoadImage", "pos": [0, 760], "size": [300, 300],
+         "title": "Keyframe A (end of clip 3)", "widgets": ["example.png", "image"]},
+        {"id": 12, "type": "LoadImage", "pos": [320, 760], "size": [300, 300],
+         "title": "Scene 2 anchor (from clip 4)", "widgets": ["example.png", "image"]},
+        {"id": 13, "type": "LoadImage", "pos": [640, 760], "size": [300, 300],
+         "title": "Keyframe B (end of clip 6)", "widgets": ["example.png", "image"]},
+        {"id": 5, "type": "SVIPromptStream", "pos": [440, 100], "size": [420, 260],
+         "widgets": [prompts, 0, ""]},
+        {"id": 10, "type": "SVISchedule", "pos": [440, 400], "size": [520, 320],
+         "widgets": [STORY_SCHEDULE]},
+        {"id": 6, "type": "SVIInfiniteSampler", "pos": [1000, 0], "size": [420, 740],
+         "widgets": _sampler_widgets("v2_pro", 6, 5.0, 16.0, "svi_story")},
+        {"id": 7, "type": "MarkdownNote", "pos": [-460, 0], "size": [440, 720],
+         "title": "Model files",
+         "widgets": [_note(True, [LORA_PRO_HIGH, LORA_PRO_LOW,
+                                  f"{SPEED_HIGH} (optional speed LoRA)",
+                                  f"{SPEED_LOW} (optional speed LoRA)"], note_extra)]},
+    ]  # fmt: skip
+    links = [
+        (1, 0, 8, 0),
+        (1, 1, 9, 0),
+        (8, 0, 6, 0),
+        (1, 2, 6, 1),
+        (5, 0, 6, 2),
+        (4, 0, 6, 3),
+        (9, 0, 6, 4),
+        (2, 0, 5, 0),
+        (11, 0, 10, 0),
+        (12, 0, 10, 1),
+        (13, 0, 10, 2),
+        (10, 0, 6, 6),
+    ]
+    return _build(spec, links)
+
+
 BUILDERS = {
     "SVI-Shot_Wan2.1": shot,
     "SVI-Film_Wan2.1_prompt_stream": film,
     "SVI-2.0-Pro_Wan2.2": pro,
     "SVI-Toy_CPU_demo": toy,
+    "SVI-Story_keyframes_schedule": story,
 }
 
 
-def write_all(folder: Path = WORKFLOWS) -> list[Path]:
+def write_all(folder: Path = WORKFLOWS, names: list[str] | None = None) -> list[Path]:
+    """Write the workflows (all, or those in ``names``) into ``folder``."""
     folder.mkdir(exist_ok=True)
     out = []
     for name, build in BUILDERS.items():
+        if names and name not in names:
+            continue
         path = folder / f"{name}.json"
         path.write_text(json.dumps(build(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         out.append(path)
@@ -352,5 +435,7 @@ def ui_to_api(ui: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]
 
 
 if __name__ == "__main__":
-    for p in write_all(Path(sys.argv[1]) if len(sys.argv) > 1 else WORKFLOWS):
+    # python tests/tier2/workflow_tools.py [FOLDER [NAME ...]]
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else WORKFLOWS
+    for p in write_all(folder, sys.argv[2:] or None):
         print(p)
