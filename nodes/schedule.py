@@ -20,11 +20,12 @@ from .convert import image_to_uint8
 SVISchedulePort = io.Custom("SVI_SCHEDULE")
 MAX_IMAGES = 8
 
-EXAMPLE = """# one line per clip or clip range (clip 1 is the first); '#' starts a comment
-clip 1: lora.svi=0
-clips 2-3: prompt="the fox jumps over the river", seed=7
-clip 4: keyframe=image 1
-clip 5: anchor=image 2, prompt="night falls in the forest"
+EXAMPLE = """# One line per clip or clip range (clip 1 is the first); '#' starts a comment.
+# Remove the '#' in front of a line to use it, e.g.:
+# clip 1: lora.svi=0
+# clips 2-3: prompt="the fox jumps over the river", seed=7, cfg=4
+# clip 4: keyframe=image 1
+# clip 5: anchor=image 2, prompt="night falls in the forest"
 """
 
 

@@ -557,8 +557,8 @@ class ScheduleCondition:
     Args:
         schedule: the parsed schedule.
         images: the schedule's images, uint8 ``[H, W, 3]`` of any size (image N =
-            ``images[N - 1]``); stretched to the video size like the reference (said in the
-            log).
+            ``images[N - 1]``; None = not connected); stretched to the video size like the
+            reference (said in the log).
         loras: the LoRAs loaded on the models, by schedule name (what ``lora.NAME`` may set).
         texts: prompt text -> the backend's prompt item (ComfyUI: its CONDITIONING); None =
             the text itself (the standalone backend encodes strings).
@@ -570,7 +570,7 @@ class ScheduleCondition:
     """
 
     schedule: Schedule
-    images: Sequence[torch.Tensor] = ()
+    images: Sequence[torch.Tensor | None] = ()
     loras: Sequence[LoadedLora] = ()
     texts: Mapping[str, Any] | None = None
     prompt_key: Callable[[str], str] | None = None
@@ -626,12 +626,14 @@ class ScheduleCondition:
 
     def _validate_images(self, settings: RunSettings) -> None:
         src = self.schedule.source
+        connected = [i for i, img in enumerate(self.images, start=1) if img is not None]
         for e, key, ref in self.schedule.image_refs():
-            if ref.number is None or not 1 <= ref.number <= len(self.images):
+            if ref.number is None or ref.number not in connected:
                 have = (
-                    f"{len(self.images)} image(s) are connected (image 1 to "
-                    f"image {len(self.images)})"
-                    if self.images
+                    f"{len(connected)} image(s) are connected ("
+                    + ", ".join(f"image {i}" for i in connected)
+                    + ")"
+                    if connected
                     else "no image is connected"
                 )
                 raise _fail(

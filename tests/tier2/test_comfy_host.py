@@ -33,6 +33,7 @@ SVI_NODES = [
     "SVIModelLoader",
     "SVILoraLoader",
     "SVIPromptStream",
+    "SVISchedule",
     "SVIInfiniteSampler",
     "SVIClipConditioning",
     "SVIDriftReport",
