@@ -57,8 +57,10 @@ class ClipRequest:
             (``"audio"``: SVI-Talk's audio window, ``"pose"``: SVI-Dance's pose frames). A
             backend applies each through its hook of that name and refuses a name it has no
             hook for (see :mod:`svi_core.conditions`).
-        lora_strengths: LoRA name -> strength for this clip (a per-clip schedule); empty =
-            the strengths the models were loaded with.
+        lora_strengths: LoRA -> strength for this clip (a per-clip schedule): keys ``NAME``
+            (the only / high-noise model) and ``NAME@low`` (the low-noise expert), see
+            :func:`svi_core.clip_schedule.lora_key`; a LoRA not listed keeps the strength it
+            was loaded with.
     """
 
     index: int

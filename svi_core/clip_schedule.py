@@ -726,7 +726,10 @@ class ScheduleCondition:
             strengths = dict(plan.lora_strengths)
             for s in e.loras:
                 for slot in self._slots(s):
-                    strengths[slot.key] = s.strength
+                    if s.strength == slot.strength:  # as loaded: the same clip as unscheduled
+                        strengths.pop(slot.key, None)
+                    else:
+                        strengths[slot.key] = s.strength
             changes["lora_strengths"] = strengths
         if e.keyframe is not None and e.keyframe.number is not None:
             changes["keyframe"] = self.image(e.keyframe.number, settings)

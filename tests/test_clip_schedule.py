@@ -33,7 +33,7 @@ TEXT = """
 # a story in four lines
 clip 1: lora.svi=0                      # no SVI LoRA on the first clip
 clips 2-3: prompt="the fox jumps, # not a comment", seed=7, cfg=4
-clip 4: keyframe=image 2, keyframe_slot=latent, lora.speed.high=0.5
+clip 4: keyframe=image 2, keyframe_slot=latent, lora.speed.high=0.5, lora.svi=1
 clips 5-: anchor=image 1
 """
 
@@ -72,7 +72,7 @@ def test_text_lines_parse_to_entries():
         4.0,
     )
     assert (e4.keyframe.number, e4.keyframe_slot) == (2, "latent")
-    assert [(x.name, x.expert) for x in e4.loras] == [("speed", "high")]
+    assert [(x.name, x.expert) for x in e4.loras] == [("speed", "high"), ("svi", None)]
     assert (e5.first, e5.last, e5.anchor.number) == (5, None, 1)
     assert s.entry_for(2).where == "line 4" and s.entry_for(5) is None or True
     assert s.entry_for(4) is e5 and s.entry_for(40) is e5 and s.entry_for(0) is e1
@@ -98,6 +98,7 @@ cfg = 4
 keyframe = 2
 keyframe_slot = "latent"
 lora.speed.high = 0.5
+lora.svi = 1
 
 [clips.5-]
 anchor = "a.png"
@@ -218,7 +219,7 @@ def test_schedule_sets_seed_prompt_cfg_and_lora_strengths_per_clip(tmp_path):
         {"svi": 0.0, "svi@low": 0.0},
         {},
         {},
-        {"speed": 0.5},
+        {"speed": 0.5},  # lora.svi=1 is the loaded strength: nothing recorded
         {},
         {},
     ]
