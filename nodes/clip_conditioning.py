@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
+from ..svi_core import limits as L
 from ..svi_core.conditioning import (
     Carry,
     build_conditioning,
@@ -78,24 +79,24 @@ class SVIClipConditioning(io.ComfyNode):
                 io.Int.Input(
                     "width",
                     default=832,
-                    min=16,
-                    max=4096,
+                    min=L.MIN_SIDE,
+                    max=L.MAX_SIDE,
                     step=16,
                     tooltip="Video width (multiple of 16).",
                 ),
                 io.Int.Input(
                     "height",
                     default=480,
-                    min=16,
-                    max=4096,
+                    min=L.MIN_SIDE,
+                    max=L.MAX_SIDE,
                     step=16,
                     tooltip="Video height (multiple of 16).",
                 ),
                 io.Int.Input(
                     "frames",
                     default=81,
-                    min=5,
-                    max=1001,
+                    min=L.MIN_FRAMES,
+                    max=L.MAX_FRAMES,
                     step=4,
                     tooltip="Frames of the clip, 4k + 1.",
                 ),

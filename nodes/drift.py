@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
+from ..svi_core import limits as L
 from ..svi_core.drift import video_size
 from ..svi_core.errors import SVIError
 from ..svi_core.report import build_report, layout_from_run
@@ -74,7 +75,7 @@ class SVIDriftReport(io.ComfyNode):
                     "clip_frames",
                     default=0,
                     min=0,
-                    max=1001,
+                    max=L.MAX_FRAMES,
                     tooltip="Frames per generated clip (e.g. 81); 0 = read the layout from the "
                     "run's manifest.json.",
                 ),
@@ -82,7 +83,7 @@ class SVIDriftReport(io.ComfyNode):
                     "overlap",
                     default=5,
                     min=0,
-                    max=1000,
+                    max=L.MAX_FRAMES - 1,
                     tooltip="Frames each clip shares with the previous one (motion frames); "
                     "used only when clip_frames > 0.",
                 ),

@@ -7,6 +7,7 @@ from typing import Any
 
 from comfy_api.latest import io
 
+from ..svi_core import limits as L
 from ..svi_core.errors import SVIError
 from ..svi_core.modes import ModeConfig
 from .convert import split_prompt_text
@@ -70,7 +71,7 @@ class SVIPromptStream(io.ComfyNode):
                     "repeat",
                     default=0,
                     min=0,
-                    max=1000,
+                    max=L.MAX_PROMPT_REPEAT,
                     tooltip="Clips per prompt; 0 = the mode's own value (2 for v2, else 1).",
                 ),
                 io.String.Input(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from .errors import SVIError
+from .limits import MAX_PROMPT_FILE_BYTES
 from .modes import ModeConfig, PromptPolicy
 
 T = TypeVar("T")
@@ -45,9 +46,12 @@ def parse_prompts(text: str, source: str = "<prompts>") -> list[str]:
     if literal is not None:
         try:
             value = _read_literal(literal)
-        except (ValueError, SyntaxError) as e:
+        except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
+            # MemoryError / RecursionError: Python's parser gives up on very deep nesting
+            # (e.g. thousands of unary minuses); that is a malformed file, not a crash
+            reason = f"{e.__class__.__name__}: {e}" if str(e) else "nested too deeply"
             raise SVIError(
-                f"{source}: cannot read the prompt list literal ({e.__class__.__name__}: {e}); "
+                f"{source}: cannot read the prompt list literal ({reason}); "
                 'expected prompts = ["first prompt", "second prompt", ...] with plain string '
                 "literals, or one prompt per line"
             ) from None
@@ -71,6 +75,12 @@ def load_prompts(path: str | Path) -> list[str]:
     """Read and parse a prompt file (UTF-8). Raises SVIError naming the file on failure."""
     p = Path(path)
     try:
+        size = p.stat().st_size
+        if size > MAX_PROMPT_FILE_BYTES:
+            raise SVIError(
+                f"prompt file {p} is {size} bytes, more than the {MAX_PROMPT_FILE_BYTES} bytes a "
+                "prompt file may hold; is it the right file?"
+            )
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SVIError(f"prompt file {p} does not exist; pass an existing text file") from None

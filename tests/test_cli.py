@@ -60,9 +60,15 @@ def base_args(tmp_path, img, prompts, model="dit.safetensors"):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--frames", "80"], "frames per clip must be 4k \\+ 1.*try 77 or 81"),
+        (["--frames", "80"], "frames=80 per clip must be 4k \\+ 1.*try 77 or 81"),
         (["--width", "500", "--height", "480"], "width=500 \\(nearest valid: 496 or 512\\)"),
         (["--mode", "v2_pro", "--frames", "9", "--clips", "0"], "num_clips=0"),
+        # non-finite and absurd numbers: refused up front, naming the bound (issue 10 H)
+        (["--cfg", "nan"], "cfg=nan must be a finite number in \\[1, 30\\]"),
+        (["--shift", "inf"], "shift=inf must be a finite number in \\[0.1, 100\\]"),
+        (["--fps", "nan"], "fps=nan must be a finite number in \\[1, 120\\]"),
+        (["--clips", "99999999999999999999"], "num_clips=99999999999999999999 must be an integer"),
+        (["--width", "160000", "--height", "160000"], "width=160000 \\(largest valid: 4096\\)"),
     ],
 )
 def test_bad_settings_refused(tmp_path, inputs, caplog, extra, message):

@@ -50,3 +50,13 @@ def test_stream_is_generic():
     cond_a, cond_b = object(), object()
     s = PromptStream([cond_a, cond_b], "cycle")
     assert s[0] is cond_a and s[3] is cond_b
+
+
+def test_pathological_literal_is_refused_cleanly(tmp_path):
+    """200k unary minuses overflow Python's parser (MemoryError): one clear SVIError."""
+    with pytest.raises(SVIError, match="cannot read the prompt list literal"):
+        parse_prompts("prompts = [" + "-" * 200_000 + "1]")
+    huge = tmp_path / "huge.txt"
+    huge.write_bytes(b"a" * (4 * 2**20 + 1))
+    with pytest.raises(SVIError, match="more than the 4194304 bytes"):
+        load_prompts(huge)
