@@ -23,7 +23,7 @@ from ..svi_core.drift import video_size
 from ..svi_core.errors import SVIError
 from ..svi_core.report import build_report, layout_from_run
 from .convert import reference_from_image
-from .drift_paths import REPORT_SUBFOLDER, resolve_target, summary_text
+from .drift_paths import REPORT_SUBFOLDER, inside_output, resolve_target, summary_text
 from .drift_plot import render_report
 
 
@@ -34,8 +34,9 @@ def _video_file(video: Any, output_root: str) -> str | None:
     source = video.get_stream_source() if hasattr(video, "get_stream_source") else None
     if isinstance(source, str):
         return source
-    path = os.path.join(output_root, REPORT_SUBFOLDER, "from_memory", "video.mp4")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    folder = os.path.join(output_root, REPORT_SUBFOLDER, "from_memory")
+    os.makedirs(inside_output(output_root, folder, "folder"), exist_ok=True)
+    path = inside_output(output_root, os.path.join(folder, "video.mp4"), "video file")
     video.save_to(path)
     return path
 
@@ -146,6 +147,7 @@ class SVIDriftReport(io.ComfyNode):
             first_clip_whole=bool(kw["first_clip_whole"]),
             plot=has_matplotlib,
             spans=spans,
+            inside=root,
         )
         png_path = result.png_path or os.path.join(target.out_dir, "report.png")
         if not has_matplotlib:  # ComfyUI does not ship matplotlib: draw the plot with PIL

@@ -125,36 +125,69 @@ def build_report(
     first_clip_whole: bool = False,
     plot: bool = True,
     spans: Sequence[ClipSpan] | None = None,
+    inside: str | None = None,
 ) -> ReportResult:
     """Measure the drift of ``video_path`` and write ``out_dir/report.json`` (+ ``report.png``).
 
     Args:
         video_path: a video file (mp4 etc.), read frame by frame.
-        out_dir: output folder (created); the files are always written inside it.
+        out_dir: output folder (created); the files are always written inside it, each
+            atomically (a temporary sibling renamed into place), so a symlink planted under
+            the name ``report.json`` is replaced, never followed.
         clip_frames, overlap: clip layout (see ``svi_core.drift.clip_spans``).
         anchor: reference image: a file path, a uint8 ``[H, W, 3]`` array, or None (the
             video's first frame).
         first_clip_whole: SVI 2.0 Pro stitching (later clips drop their first frames).
         plot: write the PNG (needs matplotlib).
         spans: explicit clip spans (e.g. from ``layout_from_run``) instead of the layout rule.
+        inside: a root folder ``out_dir`` must stay in once every symlink is resolved
+            (SVIError otherwise, before anything is written); None = no such rule.
     """
     if not os.path.isfile(video_path):
         raise SVIError(f"report: video file not found: {video_path}")
+    out = _checked_out_dir(out_dir, inside)
     h, w = video_size(video_path)
     anchor_img = load_anchor(anchor, h, w) if isinstance(anchor, str) else anchor
     rep = analyse_video(video_path, clip_frames, overlap, anchor_img, first_clip_whole, spans)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    out = _checked_out_dir(str(out), inside)  # again: the folder exists now
     json_path = out / "report.json"
     data = rep.to_dict() | {"video": str(video_path)}
-    json_path.write_text(json.dumps(data, indent=1, allow_nan=False, default=_json_default))
+    text = json.dumps(data, indent=1, allow_nan=False, default=_json_default)
+    _write_atomic(json_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     png_path = None
     if plot:
         png_path = str(out / "report.png")
-        plot_report(rep, png_path, title=f"{Path(video_path).name}: {len(rep.clips)} clips")
+        title = f"{Path(video_path).name}: {len(rep.clips)} clips"
+        _write_atomic(Path(png_path), lambda tmp: plot_report(rep, str(tmp), title=title))
     summary = rep.summary()
     logger.info("drift report %s: %s", json_path, summary)
     return ReportResult(str(json_path), png_path, summary)
+
+
+def _checked_out_dir(out_dir: str, inside: str | None) -> Path:
+    """``out_dir`` with symlinks resolved; SVIError when it leaves ``inside``."""
+    real = Path(os.path.realpath(out_dir))
+    if inside is not None:
+        root = os.path.realpath(inside)
+        if os.path.commonpath([root, str(real)]) != root:
+            raise SVIError(
+                f"report: the report folder {out_dir} resolves to {real}, outside {root} (a "
+                "symlink?); remove or rename it"
+            )
+    return real
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Write ``path`` through ``write(tmp)`` on a temporary sibling, then rename it into place
+    (replacing whatever ``path`` was, a symlink included, instead of writing through it)."""
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    tmp.unlink(missing_ok=True)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _json_default(o):

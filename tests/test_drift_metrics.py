@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
@@ -234,3 +235,25 @@ def test_run_folder_without_manifest_is_refused(tmp_path):
 
     with pytest.raises(SVIError, match="manifest.json"):
         layout_from_run(str(tmp_path))
+
+
+def test_report_never_writes_through_symlinks(tmp_path):
+    """build_report(inside=root) refuses a report folder that resolves outside root, and a
+    report.json planted as a symlink is replaced, not written through (issue 10 I)."""
+    frames = video(2, lambda t, k: u8(moving(texture(3), t)))
+    vid = tmp_path / "v.mp4"
+    write_mp4(vid, frames)
+    root, elsewhere = tmp_path / "output", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    (root / "rep").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(SVIError, match="outside"):
+        build_report(str(vid), str(root / "rep"), F, M, plot=False, inside=str(root))
+    assert list(elsewhere.iterdir()) == []
+    victim = elsewhere / "victim.txt"
+    victim.write_text("keep me")
+    (root / "rep2").mkdir()
+    (root / "rep2" / "report.json").symlink_to(victim)
+    res = build_report(str(vid), str(root / "rep2"), F, M, plot=False, inside=str(root))
+    assert victim.read_text() == "keep me"
+    assert not Path(res.json_path).is_symlink() and json.loads(Path(res.json_path).read_text())
