@@ -3,13 +3,11 @@
 A thin wrapper over ``svi_core.report.build_report``: it finds the video (a run name from the
 SVI Infinite Sampler or a VIDEO input), reads the clip layout from the run's manifest (or
 takes clip frames / overlap), writes ``report.json`` + ``report.png`` inside the output folder
-and shows the plot.
+(the plot is drawn with PIL when matplotlib is absent, as in a stock ComfyUI) and shows it.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 from typing import Any
 
@@ -24,7 +22,6 @@ from ..svi_core.errors import SVIError
 from ..svi_core.report import build_report, layout_from_run
 from .convert import reference_from_image
 from .drift_paths import REPORT_SUBFOLDER, inside_output, resolve_target, summary_text
-from .drift_plot import render_report
 
 
 def _video_file(video: Any, output_root: str) -> str | None:
@@ -137,7 +134,6 @@ class SVIDriftReport(io.ComfyNode):
         if kw.get("anchor") is not None:
             height, width = video_size(target.video)
             anchor = reference_from_image(kw["anchor"], width, height).numpy()
-        has_matplotlib = importlib.util.find_spec("matplotlib") is not None
         result = build_report(
             target.video,
             target.out_dir,
@@ -145,16 +141,13 @@ class SVIDriftReport(io.ComfyNode):
             overlap,
             anchor=anchor,
             first_clip_whole=bool(kw["first_clip_whole"]),
-            plot=has_matplotlib,
+            plot=True,  # matplotlib when installed, else PIL (ComfyUI ships no matplotlib)
             spans=spans,
             inside=root,
         )
-        png_path = result.png_path or os.path.join(target.out_dir, "report.png")
-        if not has_matplotlib:  # ComfyUI does not ship matplotlib: draw the plot with PIL
-            with open(result.json_path, encoding="utf-8") as f:
-                report = json.load(f)
-            title = f"{os.path.basename(target.video)}: {len(report['clips'])} clips"
-            render_report(report, title).save(png_path)
+        png_path = result.png_path
+        if png_path is None:  # pragma: no cover - ComfyUI always ships pillow
+            raise SVIError("SVI Drift Report: drawing report.png needs pillow")
         subfolder = os.path.relpath(target.out_dir, root)
         preview = ui.SavedImages(
             [ui.SavedResult(os.path.basename(png_path), subfolder, io.FolderType.output)]

@@ -13,15 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .drift import ClipSpan, DriftReport, analyse_video, video_size
+from .drift import ClipSpan, analyse_video, video_size
 from .errors import SVIError
 from .log import logger
+from .report_plot import save_plot
 
 
 @dataclass(frozen=True)
@@ -74,48 +75,6 @@ def layout_from_run(run_dir: str) -> tuple[list[ClipSpan], int, int]:
     return spans, frames, int(overlap or 0)
 
 
-def plot_report(rep: DriftReport, png_path: str, title: str = "") -> None:
-    """Each per-frame metric over time with seams marked; seam ratio per seam."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = [
-        ("delta_e", "colour ΔE vs clip 0"),
-        ("brightness", "brightness (luma)"),
-        ("contrast", "contrast (luma std)"),
-        ("sharpness", "sharpness (Laplacian var)"),
-        ("ssim_anchor", f"SSIM vs anchor ({rep.anchor_source})"),
-        ("motion", "motion (mean |frame diff|)"),
-    ]
-    fig, axes = plt.subplots(4, 2, figsize=(12, 11))
-    axes = axes.ravel()
-    seams = [c.start for c in rep.clips[1:]]
-    for ax, (key, label) in zip(axes, series, strict=False):
-        y = rep.per_frame[key]
-        ax.plot(np.arange(len(y)), y, lw=0.8)
-        for s in seams:
-            ax.axvline(s, color="r", alpha=0.25, lw=0.6)
-        ax.set_title(label, fontsize=9)
-        ax.set_xlabel("frame", fontsize=8)
-    ax = axes[6]
-    ax.plot([c.index for c in rep.clips], [c.flicker for c in rep.clips], "o-", ms=3)
-    ax.set_title("flicker per clip", fontsize=9)
-    ax.set_xlabel("clip", fontsize=8)
-    ax = axes[7]
-    sr = [(c.index, c.seam_ratio) for c in rep.clips if c.seam_ratio is not None]
-    if sr:
-        ax.bar([i for i, _ in sr], [v for _, v in sr])
-        ax.axhline(1.0, color="k", lw=0.6, ls="--")
-    ax.set_title("seam ratio (jump / median change; 1 = invisible)", fontsize=9)
-    ax.set_xlabel("clip (seam at its start)", fontsize=8)
-    fig.suptitle(title or f"drift report: {len(rep.clips)} clips, {rep.frames} frames", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=80)
-    plt.close(fig)
-
-
 def build_report(
     video_path: str,
     out_dir: str,
@@ -138,7 +97,8 @@ def build_report(
         anchor: reference image: a file path, a uint8 ``[H, W, 3]`` array, or None (the
             video's first frame).
         first_clip_whole: SVI 2.0 Pro stitching (later clips drop their first frames).
-        plot: write the PNG (needs matplotlib).
+        plot: write the PNG (matplotlib when installed, else a plain PIL drawing; skipped with
+            a warning when neither is installed).
         spans: explicit clip spans (e.g. from ``layout_from_run``) instead of the layout rule.
         inside: a root folder ``out_dir`` must stay in once every symlink is resolved
             (SVIError otherwise, before anything is written); None = no such rule.
@@ -154,12 +114,12 @@ def build_report(
     json_path = out / "report.json"
     data = rep.to_dict() | {"video": str(video_path)}
     text = json.dumps(data, indent=1, allow_nan=False, default=_json_default)
-    _write_atomic(json_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    _write_atomic(json_path, lambda tmp: tmp.write_text(text, encoding="utf-8") > 0)
     png_path = None
     if plot:
-        png_path = str(out / "report.png")
         title = f"{Path(video_path).name}: {len(rep.clips)} clips"
-        _write_atomic(Path(png_path), lambda tmp: plot_report(rep, str(tmp), title=title))
+        if _write_atomic(out / "report.png", lambda tmp: save_plot(data, str(tmp), title)):
+            png_path = str(out / "report.png")
     summary = rep.summary()
     logger.info("drift report %s: %s", json_path, summary)
     return ReportResult(str(json_path), png_path, summary)
@@ -178,14 +138,17 @@ def _checked_out_dir(out_dir: str, inside: str | None) -> Path:
     return real
 
 
-def _write_atomic(path: Path, write) -> None:
+def _write_atomic(path: Path, write: Callable[[Path], bool]) -> bool:
     """Write ``path`` through ``write(tmp)`` on a temporary sibling, then rename it into place
-    (replacing whatever ``path`` was, a symlink included, instead of writing through it)."""
+    (replacing whatever ``path`` was, a symlink included, instead of writing through it).
+    ``write`` returns False when it wrote nothing; then ``path`` is left alone."""
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
     tmp.unlink(missing_ok=True)
     try:
-        write(tmp)
+        if not write(tmp):
+            return False
         os.replace(tmp, path)
+        return True
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -257,3 +257,19 @@ def test_report_never_writes_through_symlinks(tmp_path):
     res = build_report(str(vid), str(root / "rep2"), F, M, plot=False, inside=str(root))
     assert victim.read_text() == "keep me"
     assert not Path(res.json_path).is_symlink() and json.loads(Path(res.json_path).read_text())
+
+
+def test_report_plot_falls_back_to_pil_without_matplotlib(tmp_path, monkeypatch):
+    """Without matplotlib (the standalone extra does not list it, ComfyUI does not ship it) the
+    PNG is drawn with PIL instead of failing after the work is done (issue 10, 14)."""
+    from PIL import Image
+
+    from svi_core.report_plot import MARGIN, PANEL_H, PANEL_W
+
+    frames = video(2, lambda t, k: u8(moving(texture(4), t)))
+    vid = tmp_path / "v.mp4"
+    write_mp4(vid, frames)
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # import -> ImportError
+    res = build_report(str(vid), str(tmp_path / "rep"), F, M)
+    with Image.open(res.png_path) as im:
+        assert im.size == (2 * PANEL_W, 3 * PANEL_H + MARGIN)  # the PIL layout

@@ -104,7 +104,7 @@ def test_summary_text_formats_numbers_none_and_path():
 
 
 def test_pil_plot_draws_series_and_seams_where_the_clips_start():
-    dplot = _pack_module("nodes.drift_plot")
+    dplot = _pack_module("svi_core.report_plot")
     n = 21
     per_frame = {k: [float(j) for j in range(n)] for k, _ in dplot.SERIES}
     per_frame["ssim_anchor"] = [None] * n  # an undefined series leaves its panel empty

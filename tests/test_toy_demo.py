@@ -29,3 +29,11 @@ def test_short_demo_writes_video_and_report(tmp_path):
 def test_demo_cli_rejects_bad_counts(tmp_path):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--clips", "0"])
+
+
+def test_demo_cli_draws_the_plot_without_matplotlib(tmp_path, monkeypatch):
+    """`python -m svi_core demo` without matplotlib: exit 0 and a PIL report.png, not a
+    ModuleNotFoundError after every clip was generated (issue 10, 14)."""
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    assert main(["--out", str(tmp_path / "d"), "--clips", "2", "--steps", "1"]) == 0
+    assert (tmp_path / "d" / "report.png").stat().st_size > 1000
