@@ -97,6 +97,33 @@ def test_bad_inputs_refused(tmp_path, inputs, caplog):
     assert main(args) == 2 and "needs CLIP vision" in caplog.text
 
 
+def test_all_problems_of_a_run_are_reported_together(tmp_path, inputs, caplog):
+    """One run names every cheap problem at once (issue 10, 2): here the text encoder, the
+    width, the prompt file, the image and the cfg, in one error line."""
+    img, prompts = inputs
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image", encoding="utf-8")
+    args = base_args(tmp_path, broken, tmp_path / "missing_prompts.txt")
+    i = args.index("--text-embeddings")
+    del args[i : i + 2]
+    args += ["--width", "500", "--height", "480", "--cfg", "nan"]
+    caplog.clear()
+    assert main(args) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0]
+    text = errors[0]
+    assert text.startswith("error: 5 problems: (1) ")
+    for part in (
+        "cfg=nan",
+        "no text encoder",
+        "prompt file",
+        "width=500",
+        "cannot be read as an image",
+    ):
+        assert part in text, part
+    assert not (tmp_path / "out.run").exists()
+
+
 def test_lora_spec_parsing():
     assert LoraSpec.parse("a/b.safetensors:0.5") == LoraSpec(Path("a/b.safetensors"), 0.5)
     assert LoraSpec.parse("a/b.safetensors") == LoraSpec(Path("a/b.safetensors"), 1.0)
