@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoints import check_safetensors_header, precheck_model_file
 from .conditioning import load_reference
 from .errors import Cancelled, SVIError
 from .limits import size_problem
@@ -258,6 +259,13 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         (args.clip_vision, "CLIP-vision file", "--clip-vision"),
     ):
         problems.check(_need_file, path, what, flag)
+        # a wrong file type, a pickle or a truncated download is named now, not after the DiT
+        # has loaded
+        if path is not None and path.is_file():
+            if flag == "--text-embeddings":
+                problems.check(check_safetensors_header, path, what)
+            else:
+                problems.check(precheck_model_file, path, what)
     if args.text_encoder is None and args.text_embeddings is None:
         problems.add("no text encoder: pass --text-encoder and --tokenizer, or --text-embeddings")
     if args.text_encoder is not None and (args.tokenizer is None or not args.tokenizer.is_dir()):
@@ -272,10 +280,11 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         )
     loras = tuple(LoraSpec.parse(t) for t in args.lora)
     low_loras = tuple(LoraSpec.parse(t) for t in args.low_noise_lora)
-    for spec in loras:
-        problems.check(_need_file, spec.path, "LoRA file", "--lora")
-    for spec in low_loras:
-        problems.check(_need_file, spec.path, "LoRA file", "--low-noise-lora")
+    for specs, flag in ((loras, "--lora"), (low_loras, "--low-noise-lora")):
+        for spec in specs:
+            problems.check(_need_file, spec.path, "LoRA file", flag)
+            if spec.path.is_file():
+                problems.check(precheck_model_file, spec.path, "LoRA file")
     if low_loras and args.low_noise_model is None:
         problems.add("--low-noise-lora needs --low-noise-model (the Wan2.2 low-noise expert)")
     prompts: list[str] | None = None
@@ -463,16 +472,33 @@ def _forward(module: str, argv: list[str]) -> int:
     return int(mod.main(argv) or 0)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A log handler writing to whatever ``sys.stderr`` is when a record is emitted (not the
+    stream of the moment it was made), so ``main`` can be called again in one process."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m svi_core`` / the ``svi`` script. Returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("svi: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
     if argv and argv[0] in _FORWARDED:
-        return _forward(_FORWARDED[argv[0]], argv[1:])
+        try:
+            return _forward(_FORWARDED[argv[0]], argv[1:])
+        except SVIError as e:  # the commands report their own; this is the safety net
+            logger.error("error: %s", e)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         opts = options_from_args(args)

@@ -465,16 +465,14 @@ def read_video_frames(path: str) -> Iterable[np.ndarray]:
 
 
 def video_size(path: str) -> tuple[int, int]:
-    """(height, width) of a video file."""
-    import imageio_ffmpeg
+    """(height, width) of a video file (:func:`svi_core.video_io.video_size`; SVIError when
+    it is missing or cannot be read as a video)."""
+    from .video_io import video_size as _size
 
-    gen = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24")
     try:
-        meta = next(gen)
-    finally:
-        gen.close()
-    w, h = (int(v) for v in meta["size"])
-    return h, w
+        return _size(path)
+    except FileNotFoundError:
+        raise SVIError(f"drift: video file not found: {path}") from None
 
 
 def analyse_video(

@@ -41,11 +41,17 @@ def load_anchor(path: str, height: int, width: int) -> np.ndarray:
 
     if not os.path.isfile(path):
         raise SVIError(f"report: anchor image not found: {path}")
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if im.size != (width, height):
-            im = im.resize((width, height), Image.BICUBIC)
-        return np.asarray(im, dtype=np.uint8).copy()
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (width, height):
+                im = im.resize((width, height), Image.BICUBIC)
+            return np.asarray(im, dtype=np.uint8).copy()
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError
+        raise SVIError(
+            f"report: anchor {path} cannot be read as an image ({type(e).__name__}); pass a "
+            "PNG/JPEG/WebP file"
+        ) from None
 
 
 def layout_from_run(run_dir: str) -> tuple[list[ClipSpan], int, int]:
@@ -58,21 +64,32 @@ def layout_from_run(run_dir: str) -> tuple[list[ClipSpan], int, int]:
             f"report: no manifest.json in run folder {run_dir}; pass --clip-frames and --overlap "
             "instead"
         )
-    data = json.loads(path.read_text(encoding="utf-8"))
-    clips = data.get("clips") or []
-    if not clips:
-        raise SVIError(f"report: {path} lists no finished clip")
-    spans, start = [], 0
-    for i, c in enumerate(clips):
-        n = int(c["frames_kept"]) + (int(c.get("tail_frames") or 0) if i == len(clips) - 1 else 0)
-        spans.append(ClipSpan(i, start, start + n))
-        start += n
-    settings = data.get("settings", {})
-    frames = int(settings.get("frames", 0) or 0)
-    overlap = settings.get("overlap")
-    if overlap is None:
-        overlap = settings.get("motion_frames", 0)
-    return spans, frames, int(overlap or 0)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        clips = data.get("clips") or []
+        if not clips:
+            raise SVIError(f"report: {path} lists no finished clip")
+        spans, start = [], 0
+        for i, c in enumerate(clips):
+            tail = int(c.get("tail_frames") or 0) if i == len(clips) - 1 else 0
+            n = int(c["frames_kept"]) + tail
+            spans.append(ClipSpan(i, start, start + n))
+            start += n
+        settings = data.get("settings", {})
+        frames = int(settings.get("frames", 0) or 0)
+        overlap = settings.get("overlap")
+        if overlap is None and settings.get("carry") == "latent":
+            overlap = 1 + 4 * int(settings.get("motion_latents") or 0)
+        elif overlap is None:
+            overlap = settings.get("motion_frames", 0)
+        return spans, frames, int(overlap or 0)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        if isinstance(e, SVIError):
+            raise
+        raise SVIError(
+            f"report: {path} is damaged ({type(e).__name__}: {e}); pass --clip-frames and "
+            "--overlap instead"
+        ) from None
 
 
 def build_report(
@@ -105,6 +122,8 @@ def build_report(
     """
     if not os.path.isfile(video_path):
         raise SVIError(f"report: video file not found: {video_path}")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise SVIError(f"report: --out {out_dir} is a file; pass a folder (it is created)")
     out = _checked_out_dir(out_dir, inside)
     h, w = video_size(video_path)
     anchor_img = load_anchor(anchor, h, w) if isinstance(anchor, str) else anchor
@@ -180,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             spans, clip_frames, overlap = layout_from_run(a.run)
         except SVIError as e:
-            logger.error("%s", e)
+            logger.error("error: %s", e)
             return 2
     elif a.clip_frames is not None and a.overlap is not None:
         clip_frames, overlap = a.clip_frames, a.overlap
@@ -198,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             spans=spans,
         )
     except SVIError as e:
-        logger.error("%s", e)
+        logger.error("error: %s", e)
         return 2
     logger.info("wrote %s%s", res.json_path, f" and {res.png_path}" if res.png_path else "")
     return 0

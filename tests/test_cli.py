@@ -44,10 +44,8 @@ def inputs(tmp_path):
 
 
 def base_args(tmp_path, img, prompts, model="dit.safetensors"):
-    (tmp_path / model).write_bytes(b"x")
-    (tmp_path / "vae.safetensors").write_bytes(b"x")
-    (tmp_path / "clip.safetensors").write_bytes(b"x")
-    (tmp_path / "emb.safetensors").write_bytes(b"x")
+    for name in (model, "vae.safetensors", "clip.safetensors", "emb.safetensors"):
+        save_file({"x": torch.zeros(1)}, str(tmp_path / name))  # valid headers, no model
     return [
         "generate", "--model", str(tmp_path / model), "--vae", str(tmp_path / "vae.safetensors"),
         "--clip-vision", str(tmp_path / "clip.safetensors"),

@@ -27,8 +27,9 @@ def test_short_demo_writes_video_and_report(tmp_path):
 
 
 def test_demo_cli_rejects_bad_counts(tmp_path):
-    with pytest.raises(SystemExit):
-        main(["--out", str(tmp_path), "--clips", "0"])
+    assert main(["--out", str(tmp_path / "d"), "--clips", "0"]) == 2
+    assert main(["--out", str(tmp_path / "d"), "--steps", "100000"]) == 2
+    assert not (tmp_path / "d").exists()
 
 
 def test_demo_cli_draws_the_plot_without_matplotlib(tmp_path, monkeypatch):

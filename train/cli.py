@@ -53,8 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             sys.stdout.write(json.dumps(config.to_dict(), indent=1) + "\n")
             return 0
+        from .cache import check_input_files
         from .loop import train
 
+        check_input_files(config)  # a pickle or truncated file: refused before any model loads
         path = train(config)
     except SVIError as e:
         logger.error("%s", e)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import Cancelled, RunStoreError, SVIError
+from ..limits import MAX_CLIPS, MAX_STEPS, number_problem
 from ..log import logger
 from .models import ASSETS, TOY_FRAMES, TOY_HEIGHT, TOY_WIDTH, toy_backend
 from .world import WorldConfig, toy_first_frame
@@ -63,6 +65,15 @@ def run_demo(
 
     t0 = time.time()
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SVIError(f"demo: --out {out} is a file; pass a folder (it is created)")
+    problems = [
+        number_problem("clips", clips, 1, MAX_CLIPS, integer=True),
+        number_problem("steps", steps, 1, MAX_STEPS, integer=True),
+        number_problem("scene", scene, 0, 2**31 - 1, integer=True),
+    ]
+    if any(problems):
+        raise SVIError("demo: " + "; ".join(x for x in problems if x))
     out.mkdir(parents=True, exist_ok=True)
     ref = toy_first_frame(scene, WorldConfig(height=TOY_HEIGHT, width=TOY_WIDTH))
     reference = torch.from_numpy(ref.copy())
@@ -98,10 +109,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-lora", action="store_true", help="base toy model only")
     p.add_argument("--no-plot", action="store_true")
     a = p.parse_args(list(argv) if argv is not None else None)
-    if a.clips < 1 or a.steps < 1:
-        p.error("--clips and --steps must be >= 1")
     lora = None if a.no_lora or not TOY_LORA.is_file() else TOY_LORA
-    r = run_demo(a.out, a.clips, a.scene, a.steps, lora, plot=not a.no_plot)
+    try:
+        r = run_demo(a.out, a.clips, a.scene, a.steps, lora, plot=not a.no_plot)
+    except RunStoreError as e:
+        logger.error("error: %s (demo: pass another --out for other settings)", e)
+        return 2
+    except SVIError as e:
+        logger.error("error: %s", e)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        logger.error("interrupted; finished clips are kept, rerun the same command to resume")
+        return 130
     logger.info("video %s, report %s (%s)", r.video, r.report_json, r.report_png)
     for k, v in r.summary.items():
         logger.info("  %s: %s", k, v)
