@@ -178,34 +178,77 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
+OFFICIAL_LAYOUT = (81, 5)
+"""The clip layout assumed when none is given and no run folder is found: SVI's official
+81-frame clips with 5 motion frames (``film`` / ``v2``; ``shot`` / ``tom`` carry 1)."""
+
+
+def find_run_folder(video_path: str) -> str | None:
+    """The SVI run folder of a video, if one lies where SVI puts it: the video's own folder
+    (the ComfyUI node writes ``<run>/<run>.mp4``), ``<video>.run/`` (the ``generate`` default
+    ``--run-dir``) or ``<video folder>/run/`` (the demo). None if there is no manifest."""
+    video = Path(video_path)
+    for folder in (video.parent, video.with_suffix(".run"), video.parent / "run"):
+        if (folder / "manifest.json").is_file():
+            return str(folder)
+    return None
+
+
+def resolve_layout(
+    video_path: str, run: str | None, clip_frames: int | None, overlap: int | None
+) -> tuple[list[ClipSpan] | None, int, int]:
+    """(spans or None, clip_frames, overlap) of a report: ``--run``, else ``--clip-frames`` +
+    ``--overlap``, else the run folder found beside the video (:func:`find_run_folder`), else
+    :data:`OFFICIAL_LAYOUT`; each choice is logged."""
+    if run:
+        spans, f, m = layout_from_run(run)
+        return spans, f, m
+    if (clip_frames is None) != (overlap is None):
+        raise SVIError("report: give both --clip-frames and --overlap (or neither, or --run)")
+    if clip_frames is not None and overlap is not None:
+        return None, clip_frames, overlap
+    found = find_run_folder(video_path)
+    if found is not None:
+        logger.info("report: clip layout from the run folder %s (its manifest.json)", found)
+        spans, f, m = layout_from_run(found)
+        return spans, f, m
+    f, m = OFFICIAL_LAYOUT
+    logger.info(
+        "report: no clip layout given and no run folder beside the video: assuming SVI's "
+        "official %d frames per clip with %d overlap (pass --clip-frames/--overlap or --run "
+        "for other settings)",
+        f,
+        m,
+    )
+    return None, f, m
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m svi_core report VIDEO --out DIR ...``; returns the exit code."""
     p = argparse.ArgumentParser(
         prog="python -m svi_core report",
         description="Measure colour/brightness/contrast/sharpness drift, flicker, seams, "
-        "similarity to the anchor and motion of a long video, clip by clip.",
+        "similarity to the anchor and motion of a long video, clip by clip. The clip layout "
+        "comes from --run, else --clip-frames/--overlap, else the run folder beside the video "
+        "(<video>.run/, run/, or the video's own folder), else SVI's official 81/5.",
     )
-    p.add_argument("video")
+    p.add_argument("video", help="the video file (e.g. an mp4 written by SVI)")
     p.add_argument("--out", required=True, help="output folder for report.json and report.png")
     p.add_argument("--clip-frames", type=int, help="frames per generated clip (e.g. 81)")
     p.add_argument("--overlap", type=int, help="frames each clip shares with the next (e.g. 5)")
     p.add_argument("--run", help="run folder (reads the clip layout from its manifest.json)")
     p.add_argument("--anchor", help="reference image (default: the video's first frame)")
-    p.add_argument("--first-clip-whole", action="store_true", help="SVI 2.0 Pro stitching")
-    p.add_argument("--no-plot", action="store_true")
+    p.add_argument(
+        "--first-clip-whole",
+        action="store_true",
+        help="SVI 2.0 Pro stitching (later clips drop their first frames)",
+    )
+    p.add_argument("--no-plot", action="store_true", help="write report.json only")
     a = p.parse_args(list(argv) if argv is not None else None)
-    spans = None
-    if a.run:
-        try:
-            spans, clip_frames, overlap = layout_from_run(a.run)
-        except SVIError as e:
-            logger.error("error: %s", e)
-            return 2
-    elif a.clip_frames is not None and a.overlap is not None:
-        clip_frames, overlap = a.clip_frames, a.overlap
-    else:
-        p.error("give the clip layout: --clip-frames F --overlap m, or --run DIR")
     try:
+        if os.path.isfile(a.video):
+            video_size(a.video)  # not a video: say so before anything else
+        spans, clip_frames, overlap = resolve_layout(a.video, a.run, a.clip_frames, a.overlap)
         res = build_report(
             a.video,
             a.out,

@@ -258,3 +258,17 @@ def test_report_and_demo_are_forwarded(monkeypatch):
     assert main(["report", "v.mp4", "--out", "d"]) == 0
     assert main(["demo", "--clips", "2"]) == 3
     assert seen == [("report", ["v.mp4", "--out", "d"]), ("demo", ["--clips", "2"])]
+
+
+def test_every_flag_of_demo_and_train_has_help_text():
+    """`demo --help` and `train --help` explain every flag (issue 10, 4)."""
+    from svi_core.toy.demo import build_parser as demo_parser
+    from train.cli import FIELD_HELP
+    from train.cli import build_parser as train_parser
+    from train.config import FIELD_NAMES
+
+    assert set(FIELD_HELP) == set(FIELD_NAMES)  # a new config field needs its help line
+    for parser in (demo_parser(), train_parser()):
+        for action in parser._actions:
+            assert action.help, action.option_strings
+    assert "(default: shot 1, film 5)" in train_parser().format_help()

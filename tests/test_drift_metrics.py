@@ -273,3 +273,34 @@ def test_report_plot_falls_back_to_pil_without_matplotlib(tmp_path, monkeypatch)
     res = build_report(str(vid), str(tmp_path / "rep"), F, M)
     with Image.open(res.png_path) as im:
         assert im.size == (2 * PANEL_W, 3 * PANEL_H + MARGIN)  # the PIL layout
+
+
+def test_report_cli_infers_the_clip_layout(tmp_path, caplog):
+    """`report VIDEO --out DIR` (the README's form) works without layout flags: from a run
+    folder beside the video (<video>.run/ as `generate` writes it), else SVI's official 81/5,
+    each choice logged (issue 10, 4)."""
+    import logging
+
+    frames = video(5, lambda t, k: u8(moving(texture(5), t)))
+    vid = tmp_path / "film.mp4"
+    write_mp4(vid, frames)
+    with caplog.at_level(logging.INFO):
+        assert main([str(vid), "--out", str(tmp_path / "r1"), "--no-plot"]) == 0
+    assert "assuming SVI's official 81 frames per clip with 5 overlap" in caplog.text
+    data = json.loads((tmp_path / "r1" / "report.json").read_text())
+    assert (data["clip_frames"], data["overlap"], len(data["clips"])) == (81, 5, 1)
+    run = tmp_path / "film.run"
+    run.mkdir()
+    clips = [
+        {"frames_kept": STRIDE, "tail_frames": M if i == 4 else 0, "index": i} for i in range(5)
+    ]
+    (run / "manifest.json").write_text(
+        json.dumps({"settings": {"frames": F, "motion_frames": M}, "clips": clips})
+    )
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main([str(vid), "--out", str(tmp_path / "r2"), "--no-plot"]) == 0
+    assert f"clip layout from the run folder {run}" in caplog.text
+    data = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert (data["clip_frames"], data["overlap"], len(data["clips"])) == (F, M, 5)
+    assert main([str(vid), "--out", str(tmp_path / "r3"), "--clip-frames", "9"]) == 2

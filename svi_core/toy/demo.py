@@ -95,20 +95,27 @@ def run_demo(
     return DemoResult(res.video, res.run_dir, rep.json_path, rep.png_path, rep.summary, secs)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m svi_core demo``: returns the exit code."""
+def build_parser() -> argparse.ArgumentParser:
+    """The ``demo`` command's options (every one with its help and default)."""
     p = argparse.ArgumentParser(
         prog="python -m svi_core demo",
         description="Generate a long toy video with the shipped tiny Wan models through the SVI "
-        "clip loop and write its drift report (CPU, no download).",
+        "clip loop and write its drift report (CPU, no download). Writes DIR/toy_demo.mp4, the "
+        "resumable run folder DIR/run/ and DIR/report.json + DIR/report.png.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--out", default="svi_toy_demo", help="output folder (default ./svi_toy_demo)")
-    p.add_argument("--clips", type=int, default=20)
+    p.add_argument("--out", default="svi_toy_demo", metavar="DIR", help="output folder (created)")
+    p.add_argument("--clips", type=int, default=20, help="clips to generate (13 frames each)")
     p.add_argument("--scene", type=int, default=3, help="toy scene seed of the reference image")
     p.add_argument("--steps", type=int, default=10, help="sampling steps per clip")
-    p.add_argument("--no-lora", action="store_true", help="base toy model only")
-    p.add_argument("--no-plot", action="store_true")
-    a = p.parse_args(list(argv) if argv is not None else None)
+    p.add_argument("--no-lora", action="store_true", help="base toy model only (no toy SVI LoRA)")
+    p.add_argument("--no-plot", action="store_true", help="write report.json only")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m svi_core demo``: returns the exit code."""
+    a = build_parser().parse_args(list(argv) if argv is not None else None)
     lora = None if a.no_lora or not TOY_LORA.is_file() else TOY_LORA
     try:
         r = run_demo(a.out, a.clips, a.scene, a.steps, lora, plot=not a.no_plot)
@@ -121,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Cancelled, KeyboardInterrupt):
         logger.error("interrupted; finished clips are kept, rerun the same command to resume")
         return 130
-    logger.info("video %s, report %s (%s)", r.video, r.report_json, r.report_png)
+    plot = f" and {r.report_png}" if r.report_png else ""
+    logger.info("video %s, run folder %s, report %s%s", r.video, r.run_dir, r.report_json, plot)
     for k, v in r.summary.items():
         logger.info("  %s: %s", k, v)
     return 0
