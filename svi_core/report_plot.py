@@ -19,9 +19,11 @@ SERIES: tuple[tuple[str, str], ...] = (
     ("contrast", "contrast (luma std)"),
     ("sharpness", "sharpness (Laplacian var)"),
     ("ssim_anchor", "SSIM vs anchor"),
-    ("motion", "motion (mean |frame diff|)"),
+    ("motion", "motion (mean |frame diff|; 4-frame comb = VAE latent groups)"),
 )
 PANEL_W, PANEL_H, MARGIN = 440, 200, 28
+SEAM_COLOUR = (240, 150, 150)
+SEAM_COLOUR_MPL = "r"
 
 
 def _finite(values: Sequence[float | None]) -> list[float]:
@@ -42,6 +44,10 @@ def render_report(report: Mapping, title: str = ""):
     clips = report.get("clips", [])
     draw.text((8, 8), title or f"drift report: {len(clips)} clips", fill="black")
     seams = [int(c["start"]) for c in clips[1:]]
+    legend = _legend_text(report)
+    if legend:
+        width = draw.textlength(legend)
+        draw.text((2 * PANEL_W - width - 8, 8), legend, fill=SEAM_COLOUR_TEXT)
     for i, (key, label) in enumerate(series):
         x0 = (i % 2) * PANEL_W + MARGIN
         y0 = (i // 2) * PANEL_H + 2 * MARGIN
@@ -62,7 +68,7 @@ def render_report(report: Mapping, title: str = ""):
             return x0 + (j / max(n - 1, 1)) * w
 
         for s in seams:
-            draw.line((px(s), y0, px(s), y0 + h), fill=(240, 150, 150))
+            draw.line((px(s), y0, px(s), y0 + h), fill=SEAM_COLOUR)
         points = [
             (px(j), y0 + h - (float(v) - lo) / span * h)
             for j, v in enumerate(values)
@@ -73,6 +79,21 @@ def render_report(report: Mapping, title: str = ""):
     return img
 
 
+SEAM_COLOUR_TEXT = (200, 60, 60)
+
+
+def _legend_text(report: Mapping) -> str:
+    """The PIL plot's one-line legend: the seam lines and the seam ratio against the rhythm."""
+    if len(report.get("clips", [])) < 2:
+        return ""
+    summary = report.get("summary") or {}
+    seam, rhythm = summary.get("median_seam_ratio"), summary.get("rhythm_ratio")
+    text = "red lines: clip seams"
+    if seam is not None and rhythm is not None:
+        text += f"; seam ratio {seam:.2g} (4-frame rhythm {rhythm:.2g})"
+    return text
+
+
 def plot_matplotlib(report: Mapping, png_path: str, title: str = "") -> None:
     """The full figure with matplotlib: each per-frame metric over time with the seams marked,
     flicker per clip and the seam ratio per seam."""
@@ -80,12 +101,15 @@ def plot_matplotlib(report: Mapping, png_path: str, title: str = "") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     per_frame = report.get("per_frame", {})
     clips = report.get("clips", [])
     labels = dict(SERIES)
     labels["delta_e"] = "colour ΔE vs clip 0"
     labels["ssim_anchor"] = f"SSIM vs anchor ({report.get('anchor', 'first_frame')})"
+    labels["motion"] = "motion (mean |frame diff|); the 4-frame comb is the Wan VAE's latent groups"
     fig, axes = plt.subplots(4, 2, figsize=(12, 11))
     axes = axes.ravel()
     seams = [int(c["start"]) for c in clips[1:]]
@@ -93,23 +117,35 @@ def plot_matplotlib(report: Mapping, png_path: str, title: str = "") -> None:
         y = [float("nan") if v is None else float(v) for v in per_frame.get(key, [])]
         ax.plot(range(len(y)), y, lw=0.8)
         for s in seams:
-            ax.axvline(s, color="r", alpha=0.25, lw=0.6)
+            ax.axvline(s, color=SEAM_COLOUR_MPL, alpha=0.35, lw=0.6)
         ax.set_title(labels[key], fontsize=9)
         ax.set_xlabel("frame", fontsize=8)
     ax = axes[6]
     ax.plot([c["index"] for c in clips], [c["flicker"] for c in clips], "o-", ms=3)
     ax.set_title("flicker per clip", fontsize=9)
     ax.set_xlabel("clip", fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax = axes[7]
     sr = [(c["index"], c["seam_ratio"]) for c in clips if c.get("seam_ratio") is not None]
     if sr:
-        ax.bar([i for i, _ in sr], [v for _, v in sr])
-        ax.axhline(1.0, color="k", lw=0.6, ls="--")
-    ax.set_title("seam ratio (jump / median change; 1 = invisible)", fontsize=9)
+        ax.bar([i for i, _ in sr], [v for _, v in sr], label="seam ratio at the clip's start")
+        ax.axhline(1.0, color="k", lw=0.6, ls="--", label="1 = no jump")
+    rhythm = (report.get("summary") or {}).get("rhythm_ratio")
+    if rhythm is not None:
+        ax.axhline(rhythm, color="tab:orange", lw=0.9, ls=":", label="4-frame rhythm inside clips")
+    if sr or rhythm is not None:
+        top = max([v for _, v in sr] + ([rhythm] if rhythm is not None else []))
+        ax.set_ylim(0, top * 1.45)  # room for the legend above the bars
+        ax.legend(fontsize=7, loc="upper left", ncol=2)
+    ax.set_title("seam ratio (jump / median change around it)", fontsize=9)
     ax.set_xlabel("clip (seam at its start)", fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     n_frames = report.get("frames", len(per_frame.get("motion", [])))
     fig.suptitle(title or f"drift report: {len(clips)} clips, {n_frames} frames", fontsize=11)
-    fig.tight_layout()
+    if seams:
+        seam = Line2D([], [], color=SEAM_COLOUR_MPL, alpha=0.6, lw=1.0)
+        fig.legend([seam], ["clip seam (a new clip starts)"], loc="upper right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(png_path, dpi=80, format="png")
     plt.close(fig)
 

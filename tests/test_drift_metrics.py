@@ -304,3 +304,27 @@ def test_report_cli_infers_the_clip_layout(tmp_path, caplog):
     data = json.loads((tmp_path / "r2" / "report.json").read_text())
     assert (data["clip_frames"], data["overlap"], len(data["clips"])) == (F, M, 5)
     assert main([str(vid), "--out", str(tmp_path / "r3"), "--clip-frames", "9"]) == 2
+
+
+def test_rhythm_ratio_is_the_seam_ratio_of_the_4_frame_comb():
+    """The baseline a seam is compared with (issue 10, 5): inside 13-frame clips, the change
+    peaks every 4th frame (the Wan VAE's latent groups); rhythm_ratio is the seam ratio at
+    those peaks. A still video gives 1; clips too short for a window give None."""
+    from svi_core.drift import ClipSpan, rhythm_ratio
+
+    spans = [ClipSpan(k, 12 * k, 12 * k + 12) for k in range(4)]
+    diffs = np.full(48, 0.01)
+    for sp in spans:
+        diffs[sp.start + 1 : sp.end : 4] = 0.05  # the comb: frames 1, 5, 9 of every clip
+    # window of 4 on each side of a peak: peaks at +-4, six flat frames -> median 0.01
+    assert rhythm_ratio(diffs, spans) == pytest.approx((0.05 + 1e-4) / (0.01 + 1e-4))
+    assert rhythm_ratio(np.zeros(48), spans) == pytest.approx(1.0)
+    assert rhythm_ratio(diffs, [ClipSpan(k, 6 * k, 6 * k + 6) for k in range(8)]) is None
+
+
+def test_report_explains_seams_and_the_comb():
+    frames = video(4, lambda t, k: u8(moving(texture(6), t)))
+    data = analyse_frames(frames, F, M).to_dict()
+    assert {"seam_ratio", "motion"} <= set(data["notes"])
+    assert "4-frame" in data["notes"]["motion"] and "rhythm_ratio" in data["notes"]["seam_ratio"]
+    assert {"median_seam_ratio", "rhythm_ratio"} <= set(data["summary"])
