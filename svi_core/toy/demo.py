@@ -27,6 +27,10 @@ from .models import ASSETS, TOY_FRAMES, TOY_HEIGHT, TOY_WIDTH, toy_backend
 from .world import WorldConfig, toy_first_frame
 
 TOY_LORA = ASSETS / "toy_svi_lora.safetensors"
+DEMO_THREADS = 1
+"""torch threads of ``python -m svi_core demo`` (``--threads``): the toy DiT (dim 128) and VAE
+work on tensors so small that splitting them across threads costs more than it saves, and a
+thread per core stalls whenever another program holds a core (measured in the README)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10, help="sampling steps per clip")
     p.add_argument("--no-lora", action="store_true", help="base toy model only (no toy SVI LoRA)")
     p.add_argument("--no-plot", action="store_true", help="write report.json only")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=DEMO_THREADS,
+        help="torch CPU threads (0 = torch's default, one per core); the toy models are so "
+        "small that one thread is fastest, and it stays fast when other programs share the cores",
+    )
     return p
 
 
@@ -117,6 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m svi_core demo``: returns the exit code."""
     a = build_parser().parse_args(list(argv) if argv is not None else None)
     lora = None if a.no_lora or not TOY_LORA.is_file() else TOY_LORA
+    if a.threads < 0:
+        logger.error("error: demo: --threads=%d must be >= 0 (0 = one per core)", a.threads)
+        return 2
+    if a.threads:
+        torch.set_num_threads(a.threads)
     try:
         r = run_demo(a.out, a.clips, a.scene, a.steps, lora, plot=not a.no_plot)
     except RunStoreError as e:
