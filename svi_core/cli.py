@@ -33,7 +33,7 @@ from .errors import Cancelled, SVIError
 from .limits import size_problem
 from .log import logger
 from .loop import LoopInputs, RunResult, RunSettings, run_clips
-from .modes import MODES, ModeConfig, get_mode
+from .modes import MODES, ModeConfig, clip_vision_problem, get_mode
 from .prompts import PromptStream, load_prompts
 from .video_io import DEFAULT_CRF
 
@@ -273,11 +273,9 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
             f"--text-encoder needs --tokenizer pointing to the google/umt5-xxl tokenizer folder "
             f"(got {args.tokenizer})"
         )
-    if rules.clip_vision and args.clip_vision is None:
-        problems.add(
-            f"mode {rules.name} runs Wan2.1 I2V, which needs CLIP vision: pass --clip-vision "
-            "clip_vision_h.safetensors"
-        )
+    no_clip = clip_vision_problem(rules, args.clip_vision is not None, "pass --clip-vision FILE")
+    if no_clip:
+        problems.add(no_clip)
     loras = tuple(LoraSpec.parse(t) for t in args.lora)
     low_loras = tuple(LoraSpec.parse(t) for t in args.low_noise_lora)
     for specs, flag in ((loras, "--lora"), (low_loras, "--low-noise-lora")):

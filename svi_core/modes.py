@@ -323,6 +323,19 @@ MODES: dict[str, ModeConfig] = {
 """The official presets. Values and where they come from: DESIGN.md §2-§3."""
 
 
+def clip_vision_problem(mode: ModeConfig, given: bool, how: str) -> str | None:
+    """The one rule for the CLIP-vision input: a mode whose DiT takes a CLIP-vision feature
+    (``mode.clip_vision``: the Wan2.1 I2V modes) needs an image encoder. None when satisfied,
+    else the sentence every front end shows, ending with ``how`` to fix it (the CLI's flag or
+    the node's input)."""
+    if mode.clip_vision and not given:
+        return (
+            f"mode {mode.name!r} runs Wan2.1 I2V 14B, which needs CLIP vision "
+            f"(clip_vision_h.safetensors): {how}"
+        )
+    return None
+
+
 def mode_names() -> list[str]:
     """Names of the presets, in a stable order."""
     return list(MODES)

@@ -121,3 +121,12 @@ def test_run_settings_bounds():
     with pytest.raises(SVIError, match="last clip's seed"):
         RunSettings(big_seed, 32, 32, num_clips=2).validate()
     RunSettings(big_seed, 32, 32, num_clips=1).validate()  # the seed itself fits
+
+
+def test_clip_vision_rule_is_one_sentence_for_every_front_end():
+    from svi_core.modes import clip_vision_problem
+
+    assert clip_vision_problem(get_mode("v2_pro"), False, "x") is None  # Wan2.2: no CLIP
+    assert clip_vision_problem(get_mode("film"), True, "x") is None
+    text = clip_vision_problem(get_mode("film"), False, "pass --clip-vision FILE")
+    assert "needs CLIP vision" in text and text.endswith("pass --clip-vision FILE")
