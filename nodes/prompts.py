@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from ..svi_core import limits as L
 from ..svi_core.errors import SVIError
 from ..svi_core.modes import ModeConfig
-from .convert import split_prompt_text
+from ..svi_core.prompts import parse_prompts
 
 SVIPrompts = io.Custom("SVI_PROMPTS")
 
@@ -98,7 +98,7 @@ class SVIPromptStream(io.ComfyNode):
                 "SVI Prompt Stream: the clip input is empty; connect Load CLIP "
                 "(umt5_xxl_fp8_e4m3fn_scaled.safetensors, type wan)."
             )
-        texts = split_prompt_text(prompts)
+        texts = parse_prompts(prompts, source="SVI Prompt Stream text")
         cache: dict[str, Any] = {}
         for t in texts:
             if t not in cache:
