@@ -44,7 +44,12 @@ def _settings(kwargs: dict[str, Any], prompts: EncodedPrompts, image: torch.Tens
         seed_stride=kwargs["seed_stride"],
         fps=kwargs["fps"],
         prompt_repeat=prompts.repeat or None,  # 0 = the mode's own repeat
-        **({"boundary": kwargs["boundary"]} if get_mode(kwargs["mode"]).boundary else {}),
+        # the optional input may be absent (an API prompt): then the mode's own boundary
+        **(
+            {"boundary": kwargs["boundary"]}
+            if get_mode(kwargs["mode"]).boundary and kwargs.get("boundary") is not None
+            else {}
+        ),
     )
     width, height = kwargs["width"], kwargs["height"]
     if width == 0 or height == 0:
