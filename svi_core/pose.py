@@ -127,7 +127,8 @@ def _as_uint8_rgb(frame: object, what: str) -> torch.Tensor:
                 f"{what} is a {frame.dtype} array; pose frames must be uint8 images "
                 "[H, W, 3] (0..255). Convert the pose video to 8-bit RGB frames."
             )
-        t = torch.from_numpy(np.ascontiguousarray(frame))
+        arr = np.ascontiguousarray(frame)
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     elif isinstance(frame, torch.Tensor):
         if frame.dtype != torch.uint8:
             raise SVIError(
