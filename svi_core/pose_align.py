@@ -103,11 +103,18 @@ def _points(flat: Sequence[float] | None, n: int, w: float, h: float, thr: float
 
 
 def from_openpose(
-    person: Mapping[str, Any], width: float, height: float, threshold: float = 0.3
+    person: Mapping[str, Any],
+    width: float,
+    height: float,
+    threshold: float = 0.3,
+    normalised: bool | None = None,
 ) -> PoseKeypoints:
     """One person of OpenPose JSON (ComfyUI ``POSE_KEYPOINT``: ``pose_keypoints_2d`` etc. as
-    flat ``[x, y, confidence]`` lists in pixels of a ``width x height`` canvas) -> keypoints.
+    flat ``[x, y, confidence]`` lists on a ``width x height`` canvas) -> keypoints.
 
+    Coordinates are pixels (core's SDPose nodes) or already normalised to [0, 1]
+    (comfyui_controlnet_aux writes its normalised keypoints with confidence 1.0);
+    ``normalised=None`` decides per person: normalised when no detected coordinate exceeds 1.
     Points below ``threshold`` (0.3, the official visibility cut, run_align_pose.py:119) or at
     (0, 0) are undetected. Feet (``foot_keypoints_2d``, 6 points: left big toe, small toe,
     heel, right big toe, small toe, heel) give the official toe points 18 / 19 as the mean of the
@@ -120,19 +127,24 @@ def from_openpose(
             "pose keypoints: a person without 'pose_keypoints_2d'; expected OpenPose JSON "
             "(a POSE_KEYPOINT from a DWPose / SDPose node)"
         )
+    parts = {
+        "body": (person.get("pose_keypoints_2d"), 18),
+        "feet": (person.get("foot_keypoints_2d"), 6),
+        "left": (person.get("hand_left_keypoints_2d"), 21),
+        "right": (person.get("hand_right_keypoints_2d"), 21),
+        "face": (person.get("face_keypoints_2d"), 68),
+    }
+    pts = {k: _points(flat, n, 1.0, 1.0, threshold) for k, (flat, n) in parts.items()}
+    if normalised is None:
+        seen = np.concatenate([p[np.isfinite(p).all(axis=1)] for p in pts.values()])
+        normalised = bool(seen.size) and float(np.abs(seen).max()) <= 1.0
+    if not normalised:
+        pts = {k: p / (width, height) for k, p in pts.items()}
     body = np.full((20, 2), np.nan)
-    body[:18] = _points(person.get("pose_keypoints_2d"), 18, width, height, threshold)
-    feet = _points(person.get("foot_keypoints_2d"), 6, width, height, threshold)
-    body[18] = feet[0:2].mean(axis=0)  # NaN unless both toes were seen
-    body[19] = feet[3:5].mean(axis=0)
-    hands = np.stack(
-        [
-            _points(person.get("hand_left_keypoints_2d"), 21, width, height, threshold),
-            _points(person.get("hand_right_keypoints_2d"), 21, width, height, threshold),
-        ]
-    )
-    face = _points(person.get("face_keypoints_2d"), 68, width, height, threshold)
-    return PoseKeypoints(body=body, hands=hands, face=face)
+    body[:18] = pts["body"]
+    body[18] = pts["feet"][0:2].mean(axis=0)  # NaN unless both toes were seen
+    body[19] = pts["feet"][3:5].mean(axis=0)
+    return PoseKeypoints(body=body, hands=np.stack([pts["left"], pts["right"]]), face=pts["face"])
 
 
 def frames_from_pose_keypoint(data: Sequence[Mapping[str, Any]]) -> list[PoseKeypoints]:

@@ -162,6 +162,11 @@ def test_from_openpose_pixels_threshold_and_feet() -> None:
     assert len(frames) == 2 and np.isnan(frames[1].body).all()
     with pytest.raises(SVIError, match="canvas_width"):
         frames_from_pose_keypoint([{"people": []}])
+    # comfyui_controlnet_aux writes normalised coordinates (confidence 1.0): detected as such
+    norm = [0.0] * 54
+    norm[3:6] = [0.5, 0.25, 1.0]
+    kp = from_openpose({"pose_keypoints_2d": norm}, 200, 200)
+    np.testing.assert_allclose(kp.body[1], [0.5, 0.25])
 
 
 def test_draw_pose_official_palette_is_bgr_drawn() -> None:
