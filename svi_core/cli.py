@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub.add_parser("report", help="drift report of a video (svi_core.report)", add_help=False)
     sub.add_parser("demo", help="the toy demo (svi_core.toy.demo)", add_help=False)
+    sub.add_parser("modes", help="every mode with its official values (--json)", add_help=False)
     return parser
 
 
@@ -428,7 +429,7 @@ def generate(opts: GenerateOptions, backend=None) -> RunResult:
                 bar.close()
 
 
-_FORWARDED = {"report": "report", "demo": "toy.demo"}
+_FORWARDED = {"report": "report", "demo": "toy.demo", "modes": "mode_table"}
 """Subcommands whose module parses its own arguments (imported only when used)."""
 
 
