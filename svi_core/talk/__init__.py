@@ -10,6 +10,15 @@ project notes (TALK_RULES).
 from .audio import SAMPLE_RATE, AudioTrack, load_audio, prepare_waveform, write_wav
 from .guidance import AUDIO_SCALE, TEXT_SCALE, TalkGuidance, combine_talk_guidance
 from .loudness import TARGET_LUFS, integrated_loudness, normalise_loudness
+from .multitalk_file import (
+    MultiTalkConfig,
+    check_features_fit_multitalk,
+    check_multitalk_fits_dit,
+    inspect_multitalk,
+    is_multitalk,
+    strip_multitalk_prefix,
+)
+from .mux import AudioAlign, audio_segments, mux_audio
 from .windows import (
     AUDIO_FPS,
     AUDIO_WINDOW,
@@ -25,6 +34,15 @@ from .windows import (
 
 __all__ = [
     "AUDIO_FPS",
+    "AudioAlign",
+    "MultiTalkConfig",
+    "audio_segments",
+    "check_features_fit_multitalk",
+    "check_multitalk_fits_dit",
+    "inspect_multitalk",
+    "is_multitalk",
+    "mux_audio",
+    "strip_multitalk_prefix",
     "AUDIO_SCALE",
     "AUDIO_WINDOW",
     "SAMPLE_RATE",
