@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .errors import SVIError
+from .guidance import GUIDANCE_KINDS, Guidance, GuidanceKind, scale_problems
 
 CarrySpace = Literal["pixel", "latent"]
 """``pixel``: the next clip sees the last m DECODED frames (uint8-quantised), re-encoded.
@@ -82,7 +83,15 @@ class ModeConfig:
         stitch, overlap: stitching rule and frames dropped per clip (``overlap=None`` means the
             default: m for ``drop_tail``, ``1 + 4k`` for latent carry, 1 for ``v2_w22``).
         frames: frames per clip F (4k + 1; 81 official).
-        steps, cfg, shift: sampling (official 50 steps, shift 5, CFG 5).
+        steps, cfg, shift: sampling (official 50 steps, shift 5, CFG 5). ``cfg`` is the
+            (text) guidance scale.
+        guidance: how passes combine (:data:`svi_core.guidance.GuidanceKind`): ``cfg`` for
+            every mode but SVI-Talk's ``text_audio``.
+        cfg_audio: ``text_audio`` guidance only: the audio scale.
+        uncond_null: per-clip conditions the unconditional pass runs without (SVI-Dance:
+            the pose).
+        conditions: per-clip conditions the mode needs (``("audio",)`` for Talk, ``("pose",)``
+            for Dance); a run without them is refused before any work.
         boundary: two-expert switch on the 0..1 sigma scale (0.875 for Wan2.2 A14B I2V);
             None for one model.
         timestep_dtype: dtype the DiT timestep is rounded to: the official Wan2.2 pipelines
@@ -126,6 +135,10 @@ class ModeConfig:
     max_width: int = 832
     width: int = 832
     height: int = 480
+    guidance: GuidanceKind = "cfg"
+    cfg_audio: float = 1.0
+    uncond_null: tuple[str, ...] = ()
+    conditions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems = _check(self)
@@ -145,6 +158,15 @@ class ModeConfig:
     def latent_frames(self) -> int:
         """Latent frames per clip, ``(F - 1) / 4 + 1``."""
         return (self.frames - 1) // 4 + 1
+
+    def guidance_for(self, cfg: float | None = None) -> Guidance:
+        """The mode's guidance, with the (text) scale ``cfg`` instead of ``self.cfg`` if given."""
+        return Guidance(
+            kind=self.guidance,
+            scale=self.cfg if cfg is None else float(cfg),
+            audio_scale=self.cfg_audio,
+            uncond_null=frozenset(self.uncond_null),
+        )
 
     def seed_for(self, clip: int) -> int:
         """The seed of clip ``clip`` (0-based): ``seed_base + clip * seed_stride``."""
@@ -203,8 +225,10 @@ def _check(mode: ModeConfig) -> list[str]:
         p.append(f"steps={mode.steps} must be >= 1")
     if mode.shift <= 0:
         p.append(f"shift={mode.shift} must be > 0")
-    if mode.cfg <= 0:
-        p.append(f"cfg={mode.cfg} must be > 0 (1 = no guidance)")
+    if mode.guidance not in GUIDANCE_KINDS:
+        p.append(f"guidance={mode.guidance!r} must be one of {', '.join(GUIDANCE_KINDS)}")
+    else:
+        p += scale_problems("cfg", mode.cfg) + scale_problems("cfg_audio", mode.cfg_audio)
     if mode.fps <= 0:
         p.append(f"fps={mode.fps} must be > 0")
     if mode.default_clips < 1:
