@@ -43,7 +43,7 @@ def plain_clip(backend, mode, ref, prompt, negative, seed):
     req = ClipRequest(
         index=0, seed=seed, noise=clip_noise(seed, t, h, w), cond_latent=cond.cond_latent,
         mask=cond.mask, positive=prompt, negative=negative, clip_vision=fea,
-        steps=mode.steps, cfg=mode.cfg, shift=mode.shift,
+        steps=mode.steps, guidance=mode.guidance_for(), shift=mode.shift,
     )  # fmt: skip
     return backend.decode(backend.denoise(req))
 

@@ -8,9 +8,9 @@ conversions happen here and nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import comfy.model_management
 import comfy.patcher_extension
@@ -20,7 +20,7 @@ import node_helpers
 import torch
 from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
-from ..svi_core.backend import ClipRequest, StepCallback
+from ..svi_core.backend import ClipRequest, StepCallback, unknown_extras
 from ..svi_core.errors import Cancelled, SVIError
 from ..svi_core.latents import denormalise, normalise
 from .checks import expert_switch
@@ -80,6 +80,18 @@ def image_condition(
     return node_helpers.conditioning_set_values(conditioning, values)
 
 
+class ComfyExtra(Protocol):
+    """The ComfyUI-side hook of one per-clip condition (``ClipRequest.extras[name]``).
+
+    ``patch`` returns a clone of ``model`` that applies the clip's ``payload`` through
+    ComfyUI's own mechanisms (model patches, wrappers, transformer options). ``null_passes``
+    are the indices (ComfyUI's ``cond_or_uncond``: 0 = positive, 1 = negative, ...) of the
+    guidance passes that must get the condition's null instead.
+    """
+
+    def patch(self, model: Any, payload: Any, null_passes: frozenset[int]) -> Any: ...
+
+
 class ComfyBackend:
     """Encode, decode and denoise one clip with ComfyUI models.
 
@@ -89,6 +101,8 @@ class ComfyBackend:
         clip_vision: CLIP_VISION or None (Wan2.2 experts take no CLIP-vision feature).
         low_noise_model: the Wan2.2 low-noise expert, or None.
         sampler_name, scheduler: ComfyUI sampler and scheduler names (official: euler, simple).
+        extras: hooks of the per-clip conditions this backend can apply, by name; a clip
+            carrying another extra is refused.
     """
 
     def __init__(
@@ -99,7 +113,9 @@ class ComfyBackend:
         low_noise_model: Any = None,
         sampler_name: str = "euler",
         scheduler: str = "simple",
+        extras: Mapping[str, ComfyExtra] | None = None,
     ) -> None:
+        self.extras = dict(extras or {})
         self.model = model
         self.vae = vae
         self.clip_vision = clip_vision
@@ -139,6 +155,14 @@ class ComfyBackend:
             self._shifted[key] = with_shift(model, shift, timestep_dtype)
         return self._shifted[key]
 
+    def _patch_extras(self, model: Any, request: ClipRequest) -> Any:
+        """``model`` with every extra condition of ``request`` applied (a clone if any)."""
+        passes = request.guidance.passes
+        for name, payload in request.extras.items():
+            nulls = frozenset(i for i, p in enumerate(passes) if name in p.null)
+            model = self.extras[name].patch(model, payload, nulls)
+        return model
+
     def denoise(self, request: ClipRequest, on_step: StepCallback | None = None) -> torch.Tensor:
         """Sample one clip; returns its denoised NORMALISED latent ``[1, 16, T, h, w]``.
 
@@ -146,11 +170,23 @@ class ComfyBackend:
         model runs steps ``[0, switch)`` and returns with leftover noise, the low-noise model
         continues from step ``switch`` without adding noise.
         """
+        unknown_extras(request, self.extras, "ComfyUI")
+        if request.guidance.kind != "cfg":
+            raise SVIError(
+                f"clip {request.index}: {request.guidance.describe()} guidance needs the "
+                "ComfyUI hook of its mode; this sampler supports classifier-free guidance only"
+            )
+        if request.lora_strengths:
+            raise SVIError(
+                f"clip {request.index}: per-clip LoRA strengths need the schedule's model "
+                "patcher; this sampler applies the LoRAs as loaded"
+            )
         ts = getattr(request, "timestep_dtype", "float32")
-        high = self._shift(self.model, request.shift, ts)
+        high = self._patch_extras(self._shift(self.model, request.shift, ts), request)
         low = None
         if self.low_noise_model is not None and request.boundary is not None:
             low = self._shift(self.low_noise_model, request.shift, ts)
+            low = self._patch_extras(low, request)
         image = (request.cond_latent, request.mask, request.clip_vision)
         positive = image_condition(request.positive, *image)
         negative = image_condition(request.negative, *image)

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from ..svi_core.errors import RunStoreError, SVIError
-from ..svi_core.loop import RunSettings
+from ..svi_core.errors import RunMismatchError, SVIError
+from ..svi_core.loop import PreparedRun
 from ..svi_core.modes import ModeConfig, clip_vision_problem
-from ..svi_core.run_store import RunStore, sha256_json
+from ..svi_core.run_store import LOCK, RunStore, sha256_json
 from ..svi_core.schedule import NUM_TRAIN_TIMESTEPS, FlowSchedule, expert_switch_step
 from .convert import run_directory, sanitise_run_name
 
@@ -60,14 +60,14 @@ def check_models(mode: ModeConfig, model: Any, low_noise_model: Any, clip_vision
         )
 
 
-def pick_run_dir(
-    root: str, run_name: str, policy: str, settings: RunSettings, fingerprints: dict
-) -> str:
-    """The run directory for ``run_name`` under ``policy`` (see ``EXISTING_RUN``).
+def pick_run(root: str, run_name: str, policy: str, run: PreparedRun) -> RunStore:
+    """Open the run directory for ``run_name`` under ``policy`` (see ``EXISTING_RUN``).
 
-    ``resume``: reuse it (RunStoreError if it holds another run); ``new``: the first free
-    ``<name>_NNN``; ``resume or new``: reuse it when the settings and inputs match, else the
-    first ``<name>_NNN`` that matches or is free.
+    ``resume``: reuse ``<name>`` (RunStoreError naming the difference if it holds another
+    run); ``new``: the first free ``<name>_NNN``; ``resume or new``: reuse ``<name>`` when
+    its settings and finished clips match, else the first ``<name>_NNN`` that matches or is
+    free. A damaged run directory, or one another run is generating into, is never skipped:
+    the error says what is wrong. Returns the open (locked) store; the caller closes it.
     """
     if policy not in EXISTING_RUN:
         raise SVIError(f"on_existing_run {policy!r} must be one of {', '.join(EXISTING_RUN)}")
@@ -75,13 +75,12 @@ def pick_run_dir(
     for n in range(0, 1000):
         name = base if n == 0 else f"{base}_{n:03d}"
         path = run_directory(root, name)
-        exists = os.path.isdir(path) and bool(os.listdir(path))
+        exists = os.path.isdir(path) and any(p != LOCK for p in os.listdir(path))
         if policy == "new" and exists:
             continue
         try:
-            RunStore.open(path, settings.identity(), fingerprints)
-            return path
-        except RunStoreError:
+            return run.open(path)
+        except RunMismatchError:
             if policy == "resume":
                 raise
     raise SVIError(f"run name {base!r}: 1000 runs of that name exist; pick another run name")

@@ -22,13 +22,11 @@ from ..svi_core import limits as L
 from ..svi_core.conditioning import reference_size
 from ..svi_core.errors import Cancelled
 from ..svi_core.latents import denormalise
-from ..svi_core.log import logger
-from ..svi_core.loop import LoopInputs, RunSettings, run_clips
+from ..svi_core.loop import LoopInputs, RunSettings, prepare_run, run_clips
 from ..svi_core.modes import get_mode, mode_names
-from ..svi_core.run_store import RunStore, input_fingerprints, sha256_json
-from ..svi_core.video_io import read_last_frames
+from ..svi_core.run_store import sha256_json
 from .backend import ComfyBackend
-from .checks import EXISTING_RUN, check_models, model_fingerprint, pick_run_dir
+from .checks import EXISTING_RUN, check_models, model_fingerprint, pick_run
 from .convert import reference_from_image, run_video
 from .prompts import EncodedPrompts, SVIPrompts
 
@@ -58,9 +56,12 @@ def _settings(kwargs: dict[str, Any], prompts: EncodedPrompts, image: torch.Tens
     return RunSettings(mode=mode, width=width, height=height, num_clips=clips)
 
 
-def _fingerprints(kw: dict[str, Any], prompts: EncodedPrompts, neg_text: Any) -> dict[str, str]:
-    """Run-store fingerprints of the node's inputs that ``input_fingerprints`` cannot see:
-    prompt texts and repeat, negative text, sampler/scheduler and the MODEL(s)."""
+def _inputs(kw: dict[str, Any], prompts: EncodedPrompts, reference: torch.Tensor, mode) -> Any:
+    """The loop inputs of the node: the reference, the encoded prompts (keyed by their texts,
+    so the run store never hashes conditioning tensors), the negative, and fingerprints of
+    what the loop cannot see: prompt texts and repeat, negative text, sampler/scheduler and
+    the MODEL(s)."""
+    neg_text, negative = prompts.negative_for(mode)
     fingerprints = {
         "prompts": sha256_json([list(prompts.texts), prompts.repeat]),
         "negative": sha256_json(neg_text),
@@ -69,20 +70,13 @@ def _fingerprints(kw: dict[str, Any], prompts: EncodedPrompts, neg_text: Any) ->
     }
     if kw.get("low_noise_model") is not None:
         fingerprints["low_noise_model"] = model_fingerprint(kw["low_noise_model"])
-    return fingerprints
-
-
-def _last_outputs(
-    run_dir: str, settings: RunSettings, extra: dict[str, str], video: Any
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The run's last clip as ComfyUI data: LATENT with RAW ``samples`` ``[1, 16, T, h, w]``
-    and IMAGE ``[F, H, W, 3]`` in [0, 1] of the video's last frames (the carry a
-    continuation needs: motion or overlap frames, at least one)."""
-    mode = settings.mode
-    last = RunStore.open(run_dir, settings.identity(), extra).load_state(settings.num_clips - 1)
-    count = max(1, mode.motion_frames, mode.overlap_frames)
-    frames = torch.from_numpy(read_last_frames(video, count)).float() / 255.0
-    return {"samples": denormalise(last["latent"].float())}, frames
+    return LoopInputs(
+        reference=reference,
+        prompts=list(prompts.positives),
+        negative=negative,
+        fingerprints=fingerprints,
+        prompt_keys=[sha256_json(t) for t in prompts.texts],
+    )
 
 
 class SVIInfiniteSampler(io.ComfyNode):
@@ -156,8 +150,8 @@ class SVIInfiniteSampler(io.ComfyNode):
                 io.Float.Input(
                     "cfg",
                     default=5.0,
-                    min=L.CFG_RANGE[0],
-                    max=L.CFG_RANGE[1],
+                    min=0.0,  # the core refuses 0 itself: a scale must be in (0, max]
+                    max=L.MAX_GUIDANCE,
                     step=0.1,
                     round=0.01,
                     tooltip="Classifier-free guidance (5 official; 1 = one pass).",
@@ -267,24 +261,17 @@ class SVIInfiniteSampler(io.ComfyNode):
         mode = settings.mode
         check_models(mode, kw["model"], kw.get("low_noise_model"), kw.get("clip_vision"))
         reference = reference_from_image(image, settings.width, settings.height)
-        neg_text, negative = prompts.negative_for(mode)
-        fingerprints = _fingerprints(kw, prompts, neg_text)
-        extra = input_fingerprints(reference, prompts.texts, fingerprints)
-        run_dir = pick_run_dir(
-            folder_paths.get_output_directory(),
-            kw["run_name"],
-            kw["on_existing_run"],
-            settings,
-            extra,
+        inputs = _inputs(kw, prompts, reference, mode)
+        run = prepare_run(settings, inputs)
+        store = pick_run(
+            folder_paths.get_output_directory(), kw["run_name"], kw["on_existing_run"], run
         )
-        done = RunStore.open(run_dir, settings.identity(), extra).clips_done
-        video_path = run_video(run_dir)
+        run_dir, done = str(store.root), store.clips_done
         total = max(0, settings.num_clips - done) * mode.steps
         bar = comfy.utils.ProgressBar(max(total, 1))
-        first = done
 
         def on_step(clip: int, step: int, steps: int) -> None:
-            bar.update_absolute((clip - first) * steps + step, total)
+            bar.update_absolute((clip - done) * steps + step, total)
 
         backend = ComfyBackend(
             kw["model"],
@@ -294,25 +281,16 @@ class SVIInfiniteSampler(io.ComfyNode):
             sampler_name=kw["sampler_name"],
             scheduler=kw["scheduler"],
         )
-        inputs = LoopInputs(
-            reference=reference,
-            prompts=list(prompts.positives),
-            negative=negative,
-            fingerprints=fingerprints,
-        )
-        logger.info(
-            "SVI run %s: %d clips (%d done), mode %s", run_dir, settings.num_clips, done, mode.name
-        )
+        video_path = run_video(run_dir)
         try:
-            result = run_clips(
-                backend, settings, inputs, run_dir, output=video_path, on_step=on_step
-            )
+            result = run_clips(backend, settings, inputs, store, output=video_path, on_step=on_step)
         except Cancelled:
             raise comfy.model_management.InterruptProcessingException() from None
-        latent, frames = _last_outputs(run_dir, settings, extra, result.video)
-        video = InputImpl.VideoFromFile(str(result.video))
+        latent = {"samples": denormalise(result.last_latent)}
+        frames = result.last_frames.float() / 255.0
         subfolder = os.path.relpath(run_dir, os.path.realpath(folder_paths.get_output_directory()))
         preview = ui.PreviewVideo(
             [ui.SavedResult(os.path.basename(video_path), subfolder, io.FolderType.output)]
         )
+        video = InputImpl.VideoFromFile(str(result.video))
         return io.NodeOutput(video, latent, frames, ui=preview)

@@ -32,7 +32,7 @@ from .conditioning import load_reference
 from .errors import Cancelled, SVIError
 from .limits import size_problem
 from .log import logger
-from .loop import LoopInputs, RunResult, RunSettings, run_clips
+from .loop import LoopInputs, RunResult, RunSettings, check_output, open_run, run_clips
 from .modes import MODES, ModeConfig, clip_vision_problem, get_mode
 from .prompts import PromptStream, load_prompts
 from .video_io import DEFAULT_CRF
@@ -85,7 +85,10 @@ class ModelFiles:
     low_noise_loras: tuple[LoraSpec, ...] = ()
 
     def fingerprints(self) -> dict[str, str]:
-        """Name and size of every file, for the run directory (no hashing of 28 GB files)."""
+        """Every file's name and size, plus a content fingerprint (``<key>.content``: sampled
+        bytes, see :func:`svi_core.run_store.file_fingerprint`; about 1 MiB read per large
+        file), so resuming with a same-named file of other weights is refused."""
+        from .run_store import CONTENT_SUFFIX, file_fingerprint
 
         def fp(p: Path | None) -> str:
             return "-" if p is None else f"{p.name}:{p.stat().st_size if p.exists() else 0}"
@@ -93,7 +96,19 @@ class ModelFiles:
         def fp_loras(specs: tuple[LoraSpec, ...]) -> str:
             return ",".join(f"{fp(x.path)}@{x.strength:g}" for x in specs) or "-"
 
-        return {
+        def content(paths: Sequence[Path | None]) -> str:
+            return ",".join(file_fingerprint(p)[:16] for p in paths if p is not None) or "-"
+
+        files = {
+            "model": [self.model],
+            "low_noise_model": [self.low_noise_model],
+            "vae": [self.vae],
+            "clip_vision": [self.clip_vision],
+            "text_encoder": [self.text_encoder or self.text_embeddings],
+            "loras": [x.path for x in self.loras],
+            "low_noise_loras": [x.path for x in self.low_noise_loras],
+        }
+        out = {
             "model": fp(self.model),
             "low_noise_model": fp(self.low_noise_model),
             "vae": fp(self.vae),
@@ -102,6 +117,8 @@ class ModelFiles:
             "loras": fp_loras(self.loras),
             "low_noise_loras": fp_loras(self.low_noise_loras),
         }
+        out.update({key + CONTENT_SUFFIX: content(paths) for key, paths in files.items()})
+        return out
 
 
 @dataclass(frozen=True)
@@ -192,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub.add_parser("report", help="drift report of a video (svi_core.report)", add_help=False)
     sub.add_parser("demo", help="the toy demo (svi_core.toy.demo)", add_help=False)
+    sub.add_parser("modes", help="every mode with its official values (--json)", add_help=False)
     return parser
 
 
@@ -416,8 +434,15 @@ def generate(opts: GenerateOptions, backend=None) -> RunResult:
     inputs = LoopInputs(
         reference=reference, prompts=opts.prompts, fingerprints=opts.files.fingerprints()
     )
+    # the run directory and the output are checked (and the run locked) before any model loads
+    check_output(opts.output)
+    store = open_run(opts.run_dir, opts.settings, inputs)
     if backend is None:
-        backend = build_backend(opts)
+        try:
+            backend = build_backend(opts)
+        except BaseException:
+            store.close()
+            raise
     clip_bar = step_bar = None
     if opts.progress:
         from tqdm import tqdm
@@ -442,7 +467,7 @@ def generate(opts: GenerateOptions, backend=None) -> RunResult:
             backend,
             opts.settings,
             inputs,
-            opts.run_dir,
+            store,
             output=opts.output,
             on_step=on_step,
             on_clip=on_clip,
@@ -453,7 +478,7 @@ def generate(opts: GenerateOptions, backend=None) -> RunResult:
                 bar.close()
 
 
-_FORWARDED = {"report": "report", "demo": "toy.demo"}
+_FORWARDED = {"report": "report", "demo": "toy.demo", "modes": "mode_table"}
 """Subcommands whose module parses its own arguments (imported only when used)."""
 
 

@@ -19,3 +19,12 @@ class RunStoreError(SVIError):
 
 class Cancelled(Exception):
     """The user cancelled generation; finished clips stay valid and the run can resume."""
+
+
+class RunMismatchError(RunStoreError):
+    """A run directory holds another run (other settings or inputs, or a finished clip that
+    would now be made differently); a new run directory would not be a mistake."""
+
+
+class RunInUseError(RunStoreError):
+    """Another process is generating into the run directory right now."""

@@ -28,8 +28,10 @@ MAX_CLIPS = 10_000
 """Clips in one run (a 10000-clip Wan2.1 video at 76 new frames per clip is 9 hours at 24 fps)."""
 MAX_STEPS = 1000
 """Sampling steps per clip (50 official; the flow schedule has 1000 training timesteps)."""
-CFG_RANGE = (1.0, 30.0)
-"""Classifier-free guidance scale (5 official; 1 = one pass per step, no guidance)."""
+MAX_GUIDANCE = 100.0
+"""Largest guidance scale (CFG, and SVI-Talk's text / audio scales); a scale must be in
+``(0, MAX_GUIDANCE]`` (:func:`svi_core.guidance.scale_problems`). Official values are 1-5,
+1 = one pass per step (no guidance); ComfyUI's own CFG widget also stops at 100."""
 SHIFT_RANGE = (0.1, 100.0)
 """Flow schedule shift (5 official; ComfyUI's Wan default is 8)."""
 FPS_RANGE = (1.0, 120.0)

@@ -18,6 +18,7 @@ from typing import Literal
 
 from . import limits as L
 from .errors import SVIError
+from .guidance import GUIDANCE_KINDS, Guidance, GuidanceKind, scale_problems
 
 CarrySpace = Literal["pixel", "latent"]
 """``pixel``: the next clip sees the last m DECODED frames (uint8-quantised), re-encoded.
@@ -83,7 +84,15 @@ class ModeConfig:
         stitch, overlap: stitching rule and frames dropped per clip (``overlap=None`` means the
             default: m for ``drop_tail``, ``1 + 4k`` for latent carry, 1 for ``v2_w22``).
         frames: frames per clip F (4k + 1; 81 official).
-        steps, cfg, shift: sampling (official 50 steps, shift 5, CFG 5).
+        steps, cfg, shift: sampling (official 50 steps, shift 5, CFG 5). ``cfg`` is the
+            (text) guidance scale.
+        guidance: how passes combine (:data:`svi_core.guidance.GuidanceKind`): ``cfg`` for
+            every mode but SVI-Talk's ``text_audio``.
+        cfg_audio: ``text_audio`` guidance only: the audio scale.
+        uncond_null: per-clip conditions the unconditional pass runs without (empty in every
+            official mode).
+        conditions: per-clip conditions the mode needs (``("audio",)`` for Talk, ``("pose",)``
+            for Dance); a run without them is refused before any work.
         boundary: two-expert switch on the 0..1 sigma scale (0.875 for Wan2.2 A14B I2V);
             None for one model.
         timestep_dtype: dtype the DiT timestep is rounded to: the official Wan2.2 pipelines
@@ -127,6 +136,10 @@ class ModeConfig:
     max_width: int = 832
     width: int = 832
     height: int = 480
+    guidance: GuidanceKind = "cfg"
+    cfg_audio: float = 1.0
+    uncond_null: tuple[str, ...] = ()
+    conditions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems = _check(self)
@@ -146,6 +159,15 @@ class ModeConfig:
     def latent_frames(self) -> int:
         """Latent frames per clip, ``(F - 1) / 4 + 1``."""
         return (self.frames - 1) // 4 + 1
+
+    def guidance_for(self, cfg: float | None = None) -> Guidance:
+        """The mode's guidance, with the (text) scale ``cfg`` instead of ``self.cfg`` if given."""
+        return Guidance(
+            kind=self.guidance,
+            scale=self.cfg if cfg is None else float(cfg),
+            audio_scale=self.cfg_audio,
+            uncond_null=frozenset(self.uncond_null),
+        )
 
     def seed_for(self, clip: int) -> int:
         """The seed of clip ``clip`` (0-based): ``seed_base + clip * seed_stride``."""
@@ -202,7 +224,6 @@ def _check(mode: ModeConfig) -> list[str]:
         L.number_problem("mask_frames", mode.mask_frames, 1, mode.latent_frames, integer=True),
         L.number_problem("steps", mode.steps, 1, L.MAX_STEPS, integer=True, hint="50 official"),
         L.number_problem("shift", mode.shift, *L.SHIFT_RANGE, hint="5 official"),
-        L.number_problem("cfg", mode.cfg, *L.CFG_RANGE, hint="5 official; 1 = no guidance"),
         L.number_problem("fps", mode.fps, *L.FPS_RANGE),
         L.number_problem("default_clips", mode.default_clips, 1, L.MAX_CLIPS, integer=True),
         L.number_problem("seed_base", mode.seed_base, 0, L.MAX_SEED, integer=True),
@@ -211,6 +232,10 @@ def _check(mode: ModeConfig) -> list[str]:
     ):
         if problem:
             p.append(problem)
+    if mode.guidance not in GUIDANCE_KINDS:
+        p.append(f"guidance={mode.guidance!r} must be one of {', '.join(GUIDANCE_KINDS)}")
+    else:  # guidance scales: svi_core.guidance.scale_problems (bound: limits.MAX_GUIDANCE)
+        p += scale_problems("cfg", mode.cfg) + scale_problems("cfg_audio", mode.cfg_audio)
     if mode.timestep_dtype not in ("float32", "bfloat16"):
         p.append(f"timestep_dtype={mode.timestep_dtype!r} must be 'float32' or 'bfloat16'")
     if mode.boundary is not None and not 0.0 < mode.boundary < 1.0:  # also refuses nan

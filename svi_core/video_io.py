@@ -190,12 +190,19 @@ def count_frames(path: str | Path) -> int:
     return int(_ffmpeg().count_frames_and_secs(str(path))[0])
 
 
-def concat_segments(segments: Sequence[str | Path], out: str | Path) -> Path:
+def concat_segments(
+    segments: Sequence[str | Path], out: str | Path, *, expected_frames: int | None = None
+) -> Path:
     """Join H.264 segments (same size, fps and encoder settings) into ``out`` by stream copy.
 
     Uses the ffmpeg concat demuxer through ``imageio_ffmpeg.read_frames`` with a second,
     stream-copied output; only one frame is decoded. All segments must be in one directory.
-    The file appears under ``out`` only once complete.
+    The join is written beside ``out`` and checked (a complete mp4 whose frame data lies
+    inside the file, with ``expected_frames`` frames when given) before it replaces ``out``;
+    a failed join leaves ``out`` as it was.
+
+    Raises:
+        RuntimeError: ffmpeg failed or wrote an incomplete file or the wrong frame count.
     """
     ff = _ffmpeg()
     paths = [Path(s).resolve() for s in segments]
@@ -224,13 +231,148 @@ def concat_segments(segments: Sequence[str | Path], out: str | Path) -> Path:
         output_params=copy_output + [str(tmp.resolve())] + probe_output + probe,
     )
     try:
-        for _ in gen:
-            pass
-    finally:
-        gen.close()
-        listing.unlink(missing_ok=True)
-    if not tmp.is_file() or tmp.stat().st_size == 0:
-        raise RuntimeError(f"ffmpeg did not write {tmp} while joining {len(paths)} segments")
+        try:
+            for _ in gen:
+                pass
+        finally:
+            gen.close()
+            listing.unlink(missing_ok=True)
+        if not tmp.is_file() or tmp.stat().st_size == 0:
+            raise RuntimeError(f"ffmpeg did not write {tmp} while joining {len(paths)} segments")
+        try:
+            frames = mp4_frame_count(tmp)
+        except ValueError as e:
+            raise RuntimeError(f"the joined file is not a complete video: {e}") from None
+        if expected_frames is not None and frames != expected_frames:
+            raise RuntimeError(f"the joined file has {frames} frames, expected {expected_frames}")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, out)
     logger.info("joined %d segments into %s", len(paths), out)
     return out
+
+
+# ----- checking an mp4 without decoding it ------------------------------------------------
+
+_CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl"}
+
+
+def _boxes(data: bytes | memoryview, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """ISO-BMFF boxes in ``data[start:end]``: yields (type, payload start, box end)."""
+    pos = start
+    while pos + 8 <= end:
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        kind = bytes(data[pos + 4 : pos + 8])
+        head = 8
+        if size == 1:
+            if pos + 16 > end:
+                raise ValueError("truncated box header")
+            size, head = int.from_bytes(data[pos + 8 : pos + 16], "big"), 16
+        elif size == 0:
+            size = end - pos
+        if size < head or pos + size > end:
+            raise ValueError(f"box {kind!r} runs past its parent")
+        yield kind, pos + head, pos + size
+        pos += size
+
+
+def _video_track_samples(moov: bytes) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+    """(sample sizes, chunk offsets, stsc runs) of the first video track in a ``moov`` box."""
+
+    def walk(start: int, end: int, found: dict[bytes, tuple[int, int]]) -> None:
+        for kind, a, b in _boxes(moov, start, end):
+            if kind in _CONTAINERS:
+                walk(a, b, found)
+            elif kind in (b"hdlr", b"stsz", b"stco", b"co64", b"stsc"):
+                found.setdefault(kind, (a, b))
+
+    for kind, a, b in _boxes(moov, 0, len(moov)):
+        if kind != b"trak":
+            continue
+        found: dict[bytes, tuple[int, int]] = {}
+        walk(a, b, found)
+        hdlr = found.get(b"hdlr")
+        if hdlr is None or moov[hdlr[0] + 8 : hdlr[0] + 12] != b"vide":
+            continue
+        if b"stsz" not in found or b"stsc" not in found:
+            raise ValueError("the video track has no sample table")
+        s = found[b"stsz"][0]
+        fixed = int.from_bytes(moov[s + 4 : s + 8], "big")
+        count = int.from_bytes(moov[s + 8 : s + 12], "big")
+        if fixed:
+            sizes = [fixed] * count
+        else:
+            sizes = np.frombuffer(moov, dtype=">u4", count=count, offset=s + 12).tolist()
+        if b"stco" in found:
+            c, width = found[b"stco"][0], 4
+        elif b"co64" in found:
+            c, width = found[b"co64"][0], 8
+        else:
+            raise ValueError("the video track has no chunk offsets")
+        n = int.from_bytes(moov[c + 4 : c + 8], "big")
+        dt = ">u4" if width == 4 else ">u8"
+        offsets = np.frombuffer(moov, dtype=dt, count=n, offset=c + 8).tolist()
+        t = found[b"stsc"][0]
+        runs_n = int.from_bytes(moov[t + 4 : t + 8], "big")
+        table = np.frombuffer(moov, dtype=">u4", count=3 * runs_n, offset=t + 8).reshape(-1, 3)
+        runs = [(int(r[0]), int(r[1])) for r in table]
+        return sizes, offsets, runs
+    raise ValueError("no video track")
+
+
+def mp4_frame_count(path: str | Path) -> int:
+    """Frames of the video track of an mp4, read from its sample tables (no decoding).
+
+    Also checks that every frame's bytes lie inside the file, so a truncated or partly
+    written file is caught (the sample tables of a stream copy promise frames the file no
+    longer holds).
+
+    Raises:
+        ValueError: not an mp4, no ``moov`` box (a file cut off before ffmpeg finished), no
+            video track, or frames past the end of the file.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        moov = None
+        pos = 0
+        while pos + 8 <= size:
+            f.seek(pos)
+            head = f.read(16)
+            box = int.from_bytes(head[:4], "big")
+            kind = head[4:8]
+            if box == 1:
+                box = int.from_bytes(head[8:16], "big")
+            elif box == 0:
+                box = size - pos
+            if box < 8 or pos + box > size:
+                raise ValueError(f"{path.name}: box {kind!r} at byte {pos} runs past the end")
+            if kind == b"moov":
+                f.seek(pos)
+                data = f.read(box)
+                start = 16 if int.from_bytes(data[:4], "big") == 1 else 8
+                moov = data[start:]
+            pos += box
+    if moov is None:
+        raise ValueError(f"{path.name}: no moov box (the file is incomplete or not an mp4)")
+    sizes, offsets, runs = _video_track_samples(moov)
+    sample = 0
+    for i, offset in enumerate(offsets):
+        chunk = i + 1
+        per = 0
+        for first, count in runs:
+            if first <= chunk:
+                per = count
+            else:
+                break
+        end = offset + sum(sizes[sample : sample + per])
+        if end > size:
+            raise ValueError(
+                f"{path.name}: frame data up to byte {end} but the file has {size} bytes "
+                "(truncated)"
+            )
+        sample += per
+    if sample != len(sizes):
+        raise ValueError(f"{path.name}: chunk table covers {sample} of {len(sizes)} frames")
+    return len(sizes)

@@ -5,7 +5,8 @@ encode: latent frame 0 <- pixel frame 0, latent frame j >= 1 <- mean of pixel fr
 constant-colour frame gives a constant latent frame with that value.
 decode: the inverse layout (nearest upsampling, tanh to stay in [-1, 1]).
 denoise: Euler flow sampling (svi_core.sampler) with a toy velocity that depends on the noise,
-the conditioning latent, the mask and the prompt, and records every request it saw.
+the conditioning latent, the mask, the prompt and every extra per-clip condition (in the
+passes that do not null it), and records every request it saw.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ from svi_core.sampler import sample_flow
 def _prompt_value(prompt) -> float:
     h = hashlib.sha256(str(prompt).encode()).digest()
     return (h[0] / 255.0) - 0.5
+
+
+def _extra_value(payload) -> float:
+    if isinstance(payload, torch.Tensor):
+        return float(payload.float().mean())
+    return _prompt_value(payload)
 
 
 class FakeBackend:
@@ -64,17 +71,22 @@ class FakeBackend:
         cv = 0.0 if request.clip_vision is None else float(request.clip_vision)
         cond = request.cond_latent * request.mask[:, :1].mean() + request.cond_latent
 
-        def velocity(x, t, expert, guided):
+        def velocity(x, t, expert, passes):
             base = x - 0.5 * cond - 0.05 * cv + 0.01 * expert
-            vc = base - 0.1 * pv
-            vu = base - 0.1 * nv if guided else None
-            return vc, vu
+            out = []
+            for p in passes:
+                v = base - 0.1 * (nv if p.negative_text else pv)
+                for name, payload in request.extras.items():
+                    if name not in p.null:
+                        v = v + 0.01 * _extra_value(payload)
+                out.append(v)
+            return out
 
         return sample_flow(
             velocity,
             request.noise,
             steps=request.steps,
-            cfg=request.cfg,
+            guidance=request.guidance,
             shift=request.shift,
             boundary=request.boundary,
             on_step=on_step,

@@ -66,37 +66,59 @@ def test_bad_model_sets_are_refused(mode, model, low, clipv, match):
         checks.check_models(modes.get_mode(mode), model, low, clipv)
 
 
-def _settings(seed: int = 0):
+def _run(seed: int = 0, prompt: str = "p"):
     mode = modes.get_mode("shot", frames=5, seed_base=seed)
-    return loop.RunSettings(mode=mode, width=16, height=16, num_clips=1)
+    settings = loop.RunSettings(mode=mode, width=16, height=16, num_clips=1)
+    reference = torch.zeros(16, 16, 3, dtype=torch.uint8)
+    return loop.prepare_run(settings, loop.LoopInputs(reference, [prompt]))
 
 
-FP = {"reference": "r", "prompts": "p"}
+def _pick(root, name, policy, run):
+    store = checks.pick_run(root, name, policy, run)
+    store.close()
+    return str(store.root)
 
 
-def test_pick_run_dir_policies(tmp_path):
+def test_pick_run_policies(tmp_path):
     root = str(tmp_path)
-    first = checks.pick_run_dir(root, "my run", "resume", _settings(), FP)
+    first = _pick(root, "my run", "resume", _run())
     assert first == os.path.join(os.path.realpath(root), "svi", "my_run")
     # same settings: resumed in place under both resume policies
-    assert checks.pick_run_dir(root, "my run", "resume", _settings(), FP) == first
-    assert checks.pick_run_dir(root, "my run", "resume or new", _settings(), FP) == first
+    assert _pick(root, "my run", "resume", _run()) == first
+    assert _pick(root, "my run", "resume or new", _run()) == first
     # other settings: 'resume' refuses, 'resume or new' takes the next free numbered folder
     with pytest.raises(errors.RunStoreError, match="seed_base"):
-        checks.pick_run_dir(root, "my run", "resume", _settings(seed=7), FP)
-    other = checks.pick_run_dir(root, "my run", "resume or new", _settings(seed=7), FP)
+        _pick(root, "my run", "resume", _run(seed=7))
+    other = _pick(root, "my run", "resume or new", _run(seed=7))
     assert other.endswith("my_run_001")
     # and comes back to it for those settings
-    assert checks.pick_run_dir(root, "my run", "resume or new", _settings(seed=7), FP) == other
+    assert _pick(root, "my run", "resume or new", _run(seed=7)) == other
     # 'new' never reuses a folder that holds a run
-    fresh = checks.pick_run_dir(root, "my run", "new", _settings(), FP)
+    fresh = _pick(root, "my run", "new", _run())
     assert fresh not in (first, other) and fresh.endswith("my_run_002")
     with pytest.raises(errors.SVIError, match="on_existing_run"):
-        checks.pick_run_dir(root, "my run", "overwrite", _settings(), FP)
+        _pick(root, "my run", "overwrite", _run())
 
 
-def test_pick_run_dir_stays_inside_output(tmp_path):
-    path = checks.pick_run_dir(str(tmp_path), "../../escape", "new", _settings(), FP)
+def test_pick_run_never_skips_a_damaged_or_busy_run(tmp_path):
+    root = str(tmp_path)
+    first = _pick(root, "busy", "resume", _run())
+    # a run generating right now (its store is open) is refused, not silently replaced
+    store = checks.pick_run(root, "busy", "resume or new", _run())
+    try:
+        with pytest.raises(errors.RunInUseError, match="in use by another run"):
+            checks.pick_run(root, "busy", "resume or new", _run())
+    finally:
+        store.close()
+    # a damaged manifest is named, not skipped to busy_001
+    Path(first, "manifest.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(errors.RunStoreError, match="damaged"):
+        checks.pick_run(root, "busy", "resume or new", _run())
+    assert not os.path.exists(os.path.join(root, "svi", "busy_001"))
+
+
+def test_pick_run_stays_inside_output(tmp_path):
+    path = _pick(str(tmp_path), "../../escape", "new", _run())
     root = os.path.realpath(tmp_path)
     assert os.path.commonpath([root, path]) == root
 

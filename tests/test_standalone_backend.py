@@ -11,6 +11,7 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel  # noqa: E402
 
 from svi_core.backend import Backend, ClipRequest  # noqa: E402
 from svi_core.errors import SVIError  # noqa: E402
+from svi_core.guidance import Guidance  # noqa: E402
 from svi_core.latents import normalise  # noqa: E402
 from svi_core.loop import clip_noise  # noqa: E402
 from svi_core.standalone.backend import DiffusersBackend  # noqa: E402
@@ -68,7 +69,7 @@ def request(cfg=5.0, boundary=None, clip=True):
     return ClipRequest(
         index=0, seed=0, noise=clip_noise(0, t, h, w), cond_latent=cond, mask=mask,
         positive="a cat", negative="blurry", clip_vision=torch.ones(1, 257, IMAGE_DIM) if clip else None,
-        steps=4, cfg=cfg, shift=5.0, boundary=boundary,
+        steps=4, guidance=Guidance(scale=cfg), shift=5.0, boundary=boundary,
     )  # fmt: skip
 
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from ..backend import ClipRequest, StepCallback
+from ..backend import ClipRequest, StepCallback, unknown_extras
 from ..errors import SVIError
+from ..guidance import GuidancePass
 from ..latents import denormalise, normalise
 from ..log import logger
 from ..sampler import sample_flow
@@ -30,6 +32,21 @@ TextEncoderFn = Callable[[str], torch.Tensor]
 
 ImageEncoderFn = Callable[[torch.Tensor], torch.Tensor]
 """``frame [1, 3, H, W] in [-1, 1] -> [1, 257, image_dim]`` CLIP-vision feature."""
+
+
+class DiffusersExtra(Protocol):
+    """The diffusers-side hook of one per-clip condition (``ClipRequest.extras[name]``).
+
+    :meth:`prepare` runs once per clip (e.g. project the clip's audio window); :meth:`apply`
+    wraps every DiT forward of that clip. ``active[i]`` says whether batch row i gets the
+    condition (False: its null, e.g. the unconditional pass of SVI-Talk's guidance).
+    """
+
+    def prepare(self, payload: Any, device: torch.device, dtype: torch.dtype) -> Any: ...
+
+    def apply(
+        self, prepared: Any, model: torch.nn.Module, active: Sequence[bool]
+    ) -> AbstractContextManager[None]: ...
 
 
 def _has_image_embedder(model: torch.nn.Module) -> bool:
@@ -47,7 +64,9 @@ class DiffusersBackend:
         text_encoder: prompt -> context; prompts may also be given as tensors directly.
         image_encoder: CLIP vision for Wan2.1 I2V DiTs (``img_emb``); None for Wan2.2.
         device, dtype: where and in which dtype the DiT runs (latents stay float32).
-        batch_cfg: run the conditional and unconditional pass as one batch of 2.
+        batch_cfg: run the guidance passes of a step as one batch.
+        extras: hooks of the per-clip conditions this backend can apply, by name (e.g.
+            ``{"audio": MultiTalkAudio(...)}``); a clip carrying another extra is refused.
     """
 
     def __init__(
@@ -61,7 +80,9 @@ class DiffusersBackend:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         batch_cfg: bool = True,
+        extras: Mapping[str, DiffusersExtra] | None = None,
     ) -> None:
+        self.extras = dict(extras or {})
         self.experts = [transformer] + ([low_noise_transformer] if low_noise_transformer else [])
         self.vae = vae
         self.text_encoder = text_encoder
@@ -117,35 +138,43 @@ class DiffusersBackend:
                 request.boundary,
             )
             self._warned_one_expert = True
+        unknown_extras(request, self.extras, "diffusers")
         dev, dt = self.device, self.dtype
         y = torch.cat([request.mask.float(), request.cond_latent.float()], dim=1).to(dev, dt)
-        guided = request.cfg != 1.0
-        pos = self._context(request.positive)
-        neg = self._context(request.negative) if guided else None
+        passes = request.guidance.passes
+        texts = {False: self._context(request.positive)}
+        if any(p.negative_text for p in passes):
+            texts[True] = self._context(request.negative)
         img = None if request.clip_vision is None else request.clip_vision.to(dev, dt)
+        prepared = {
+            name: self.extras[name].prepare(payload, dev, dt)
+            for name, payload in request.extras.items()
+        }
 
-        def velocity(x: torch.Tensor, t: float, expert: int, use_cfg: bool):
-            model = self.experts[min(expert, len(self.experts) - 1)]
+        def run(model: torch.nn.Module, x: torch.Tensor, t: float, group: Sequence[GuidancePass]):
+            """One forward over the passes of ``group`` as one batch."""
+            n = len(group)
             xin = torch.cat([x.to(dev, dt), y], dim=1)
-            if use_cfg and self.batch_cfg:
-                out = self._forward(
-                    model,
-                    torch.cat([xin, xin]),
-                    t,
-                    torch.cat([pos, neg]),
-                    None if img is None else torch.cat([img, img]),
-                )
-                vc, vu = out.chunk(2)
-                return vc, vu
-            vc = self._forward(model, xin, t, pos, img)
-            vu = self._forward(model, xin, t, neg, img) if use_cfg else None
-            return vc, vu
+            ctx = torch.cat([texts[p.negative_text] for p in group])
+            image = None if img is None else torch.cat([img] * n)
+            with ExitStack() as stack:
+                for name, payload in prepared.items():
+                    active = [name not in p.null for p in group]
+                    stack.enter_context(self.extras[name].apply(payload, model, active))
+                out = self._forward(model, torch.cat([xin] * n), t, ctx, image)
+            return list(out.chunk(n))
+
+        def velocity(x: torch.Tensor, t: float, expert: int, group: Sequence[GuidancePass]):
+            model = self.experts[min(expert, len(self.experts) - 1)]
+            if self.batch_cfg:
+                return run(model, x, t, group)
+            return [run(model, x, t, [p])[0] for p in group]
 
         out = sample_flow(
             velocity,
             request.noise.to(dev),  # x stays on the DiT's device during sampling
             steps=request.steps,
-            cfg=request.cfg,
+            guidance=request.guidance,
             shift=request.shift,
             boundary=request.boundary,
             on_step=on_step,
