@@ -55,7 +55,7 @@ class SVIPromptStream(io.ComfyNode):
             display_name="SVI Prompt Stream",
             category="SVI/conditioning",
             description=(
-                "One prompt per paragraph (or per line when there are no blank lines), '#' "
+                "One prompt per line (blank lines only separate), '#' "
                 "lines are comments; a 'prompts = [...]' list also works. Clip k uses prompt "
                 "(k // repeat) mod count on Wan2.1 film/tom/v2, the first prompt on shot, and "
                 "prompt k (last one held) on Wan2.2."
@@ -66,7 +66,7 @@ class SVIPromptStream(io.ComfyNode):
                     "prompts",
                     multiline=True,
                     default="A person walks through a sunny park, camera following.",
-                    tooltip="The prompts, one per paragraph or line; '#' lines are comments.",
+                    tooltip="The prompts, one per line; '#' lines are comments.",
                 ),
                 io.Int.Input(
                     "repeat",

@@ -2,7 +2,8 @@
 
 Official prompt files are a Python list literal ``prompts = ["...", ...]`` (the official Wan2.1
 script ``exec``s it; here it is parsed with :func:`ast.literal_eval`, never executed); plain
-text also works, one prompt per paragraph (or per line), ``#`` lines skipped. One function,
+text also works, one prompt per non-empty line (``#`` lines skipped), exactly as the official
+script reads it (``test_svi.py:51-52``). One function,
 :func:`parse_prompts`, reads both for the command line and the ComfyUI node. The stream is
 generic over the item type: strings in the standalone CLI, ComfyUI CONDITIONING objects on the
 node side.
@@ -27,7 +28,6 @@ T = TypeVar("T")
 _read_literal = ast.literal_eval
 
 _LIST_ASSIGNMENT = re.compile(r"^[ \t]*prompts[ \t]*=[ \t]*\[", re.MULTILINE)
-_BLANK_LINE = re.compile(r"\n[ \t]*\n")
 
 
 def parse_prompts(text: str, source: str = "<prompts>") -> list[str]:
@@ -36,10 +36,9 @@ def parse_prompts(text: str, source: str = "<prompts>") -> list[str]:
 
     - a ``prompts = [...]`` list literal (anywhere in the text; the official format) or a text
       that is one bare ``[...]`` literal: read with :func:`ast.literal_eval`, never executed;
-    - otherwise ``#`` lines are comments and, when the text has blank lines, every
-      blank-line-separated paragraph is one prompt (its lines joined with single spaces);
-      without blank lines every non-empty line is one prompt. Surrounding whitespace is
-      removed.
+    - otherwise every non-empty line is one prompt and ``#`` lines are comments, as the
+      official script reads a plain prompt file (``test_svi.py:51-52``; blank lines only
+      separate). Surrounding whitespace is removed.
 
     Raises:
         SVIError: the list literal is malformed or holds non-strings, the text is larger than
@@ -57,17 +56,11 @@ def parse_prompts(text: str, source: str = "<prompts>") -> list[str]:
         return _read_prompt_list(text[found.end() - 1 :].strip(), source)
     if stripped.startswith("[") and stripped.endswith("]"):
         return _read_prompt_list(stripped, source)
-    lines = [ln for ln in text.split("\n") if not ln.strip().startswith("#")]
-    body = "\n".join(lines).strip()
-    if _BLANK_LINE.search(body):
-        prompts = [" ".join(par.split()) for par in _BLANK_LINE.split(body)]
-    else:
-        prompts = [ln.strip() for ln in lines]
-    prompts = [x for x in prompts if x]
+    prompts = [ln.strip() for ln in text.split("\n")]
+    prompts = [x for x in prompts if x and not x.startswith("#")]
     if not prompts:
         raise SVIError(
-            f"{source}: no prompt found; write one prompt per paragraph or line, or a "
-            "prompts = [...] list"
+            f"{source}: no prompt found; write one prompt per line, or a prompts = [...] list"
         )
     return prompts
 

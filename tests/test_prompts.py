@@ -65,8 +65,9 @@ def test_pathological_literal_is_refused_cleanly(tmp_path):
 TEXTS = [
     ("a cat\n# note\n\n", ["a cat"]),
     ("one\ntwo\n# c\nthree", ["one", "two", "three"]),
+    # official test_svi.py:51-52: every non-empty line is a prompt, blank lines only separate
     ("A man walks\ninto a bar.\n\n# comment\nHe orders\n  a drink.\n",
-     ["A man walks into a bar.", "He orders a drink."]),
+     ["A man walks", "into a bar.", "He orders", "a drink."]),
     ("p1\r\n\r\np2\r\n", ["p1", "p2"]),
     ('prompts = ["x", "y"]', ["x", "y"]),
     ('# official file\nprompts = [\n  "x",  # first\n  "y",\n]\n', ["x", "y"]),
@@ -78,8 +79,8 @@ TEXTS = [
 @pytest.mark.parametrize(("text", "expected"), TEXTS)
 def test_one_prompt_rule_for_the_cli_file_and_the_node_text(tmp_path, text, expected):
     """The CLI's --prompts file and the SVI Prompt Stream node's text box are read by the same
-    function (svi_core.prompts.parse_prompts): paragraphs when the text has blank lines, else
-    lines, '#' comments, or a prompts = [...] literal (issue 10, 11)."""
+    function (svi_core.prompts.parse_prompts): one prompt per non-empty line as the official
+    script, '#' comments, or a prompts = [...] literal (issue 10, 11)."""
     assert parse_prompts(text) == expected
     f = tmp_path / "p.txt"
     f.write_bytes(text.encode("utf-8"))
