@@ -18,11 +18,8 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from ..svi_core.errors import SVIError
-from ..svi_core.prompts import parse_prompts
 
 _WEIGHT = ".weight"
-_LIST_ASSIGNMENT = re.compile(r"^[ \t]*prompts[ \t]*=[ \t]*\[", re.MULTILINE)
-_BLANK_LINE = re.compile(r"\n[ \t]*\n")
 
 
 def image_to_pixels(image: torch.Tensor) -> torch.Tensor:
@@ -115,30 +112,6 @@ def first_missing(keys: Iterable[str], available: Iterable[str]) -> str | None:
     return None
 
 
-def split_prompt_text(text: str, source: str = "SVI Prompt Stream text") -> list[str]:
-    """Prompts from a text box.
-
-    A ``prompts = [...]`` list literal (or a bare ``[...]``) is read with
-    ``svi_core.prompts.parse_prompts`` (``ast.literal_eval``, never executed). Otherwise ``#``
-    lines are comments and, when the text has blank lines, each blank-line-separated
-    paragraph is one prompt (its lines joined with spaces); without blank lines every
-    non-empty line is one prompt. Raises SVIError when no prompt is left.
-    """
-    stripped = text.strip()
-    if _LIST_ASSIGNMENT.search(text) or (stripped.startswith("[") and stripped.endswith("]")):
-        return parse_prompts(text, source=source)
-    lines = [ln for ln in text.replace("\r\n", "\n").split("\n") if not ln.strip().startswith("#")]
-    body = "\n".join(lines).strip()
-    if _BLANK_LINE.search(body):
-        prompts = [" ".join(p.split()) for p in _BLANK_LINE.split(body)]
-    else:
-        prompts = [ln.strip() for ln in lines]
-    prompts = [p for p in prompts if p]
-    if not prompts:
-        raise SVIError(f"{source}: no prompt found; write one prompt per paragraph or line")
-    return prompts
-
-
 def image_to_uint8(image: torch.Tensor | None, name: str) -> torch.Tensor | None:
     """One ComfyUI IMAGE (``[1, H, W, C]`` in [0, 1]) -> uint8 ``[H, W, 3]`` (rounded: an image
     loaded from a file comes back exactly); None stays None. A batch of several images is
@@ -170,3 +143,24 @@ def reference_from_image(image: torch.Tensor, width: int, height: int) -> torch.
         return u8.contiguous()
     pil = Image.fromarray(u8.numpy()).resize((width, height), Image.BICUBIC)
     return torch.from_numpy(np.array(pil, dtype=np.uint8).copy())
+
+
+def image_to_pose_frames(image: torch.Tensor) -> torch.Tensor:
+    """A ComfyUI IMAGE batch of skeleton frames ``[B, H, W, C]`` in [0, 1] -> uint8 ``[B, H, W, 3]``.
+
+    ``round(x * 255)``: frames loaded from a video come back exactly. An alpha channel is
+    dropped. Fitting to the video size is ``svi_core.pose.prepare_pose_frames``' job.
+    """
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[0] < 1:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise SVIError(
+            f"pose: expected an IMAGE batch [frames, H, W, 3] (a skeleton video from Load Video "
+            f"or a pose-estimation node); got {shape}"
+        )
+    if image.shape[-1] not in (3, 4):
+        raise SVIError(
+            f"pose: the IMAGE has {image.shape[-1]} channels; SVI-Dance needs the coloured "
+            "skeleton (RGB) drawn by DWPose / OpenPose"
+        )
+    x = image[..., :3].detach().float().cpu()
+    return (x * 255.0).round().clamp(0, 255).to(torch.uint8)

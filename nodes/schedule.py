@@ -37,15 +37,15 @@ class ScheduleInput:
     schedule: Schedule
     images: tuple[torch.Tensor | None, ...]
 
-    def condition(self, clip: Any, loras: tuple[LoadedLora, ...]) -> ScheduleCondition:
-        """The per-clip condition for a run: scheduled prompts encoded once with ``clip`` (the
-        Prompt Stream's text encoder) and keyed like the stream's prompts."""
+    def condition(self, text_encoder: Any, loras: tuple[LoadedLora, ...]) -> ScheduleCondition:
+        """The per-clip condition for a run: scheduled prompts encoded once with the Prompt
+        Stream's text encoder and keyed like the stream's prompts."""
         texts = {}
         prompts = self.schedule.prompts()
         if prompts:
             from .prompts import encode_text
 
-            texts = {t: encode_text(clip, t) for t in prompts}
+            texts = {t: encode_text(text_encoder, t) for t in prompts}
         return ScheduleCondition(
             self.schedule, images=self.images, loras=loras, texts=texts, prompt_key=sha256_json
         )

@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 
 from .errors import SVIError
+from .limits import MAX_GUIDANCE  # noqa: F401 - re-exported
 
 GuidanceKind = Literal["cfg", "text_audio"]
 """``cfg``: one scale (every SVI mode but Talk). ``text_audio``: SVI-Talk's text and audio
@@ -34,9 +35,7 @@ scales over three passes."""
 
 GUIDANCE_KINDS: tuple[str, ...] = ("cfg", "text_audio")
 
-MAX_GUIDANCE = 100.0
-"""Largest accepted guidance scale (official values are 1-5; ComfyUI's own CFG widget stops
-at 100)."""
+# MAX_GUIDANCE (imported above): the largest accepted scale; its one place is svi_core.limits.
 
 
 def scale_problems(name: str, value: object) -> list[str]:
@@ -71,9 +70,11 @@ class Guidance:
         kind: see :data:`GuidanceKind`.
         scale: ``cfg``: the guidance scale g. ``text_audio``: the text scale.
         audio_scale: ``text_audio`` only: the audio scale (official 5.0).
-        uncond_null: ``cfg`` only: extra conditions the unconditional pass drops (SVI-Dance
-            runs the unconditional pass without the pose, official
-            ``svi_video_dance.py:426-429`` with ``cond_wo_pose`` off).
+        uncond_null: ``cfg`` only: extra conditions the unconditional pass drops. (The Dance
+            pipeline can run its unconditional pass without the pose,
+            ``svi_video_dance.py:426-429``, but the official script passes
+            ``cond_wo_pose=True``, ``test_svi_dance.py:259``, so SVI-Dance keeps the pose in
+            both passes and this stays empty.)
     """
 
     kind: GuidanceKind = "cfg"

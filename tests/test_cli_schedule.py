@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from test_cli import PROMPTS, base_args, inputs, tiny_models, write_image  # noqa: F401
 
 from svi_core.cli import LoraSpec, main
@@ -94,7 +94,7 @@ def test_bad_schedules_refused_before_any_model_loads(tmp_path, inputs, caplog, 
     img, prompts = inputs
     sched = tmp_path / "s.toml"
     sched.write_text(toml, encoding="utf-8")
-    (tmp_path / "l.safetensors").write_bytes(b"x")
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "l.safetensors"))  # a valid header
     args = base_args(tmp_path, img, prompts) + [
         "--lora", f"svi={tmp_path / 'l.safetensors'}", "--clips", "2", "--schedule", str(sched),
     ]  # fmt: skip
