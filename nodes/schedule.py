@@ -75,7 +75,7 @@ class SVISchedule(io.ComfyNode):
                 "'clips 2-4: prompt=\"...\", seed=7, cfg=4, lora.svi=0.5, keyframe=image 1'. "
                 "Keys: prompt, seed, cfg, lora.NAME (or lora.NAME.high / .low), anchor "
                 "(a scene change from that clip on), keyframe (the clip ends on that image), "
-                "keyframe_slot (frame or latent). Unscheduled clips keep the mode's values."
+                "keyframe_slot (latent, the default, or frame). Unscheduled clips keep the mode's values."
             ),
             inputs=[
                 io.String.Input(

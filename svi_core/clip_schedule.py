@@ -40,7 +40,7 @@ ones ``seed + i * stride`` (never the same seed twice). ``cfg``: guidance scale.
 on Wan2.1). ``anchor``: a scene change: the reference image from the line's first clip on,
 until a later line sets another anchor (what reference padding and the SVI 2.0 Pro anchor
 latent use). ``keyframe``: the image the clip's last frame is conditioned on. ``keyframe_slot``:
-``frame`` (default) or ``latent`` (:data:`svi_core.conditioning.KeyframeSlot`). Every key but
+``latent`` (default) or ``frame`` (:data:`svi_core.conditioning.KeyframeSlot`). Every key but
 ``anchor`` applies to its line's clips only.
 
 The schedule is a per-clip condition (:class:`ScheduleCondition`): its effect is recorded in
@@ -733,7 +733,7 @@ class ScheduleCondition:
             changes["lora_strengths"] = strengths
         if e.keyframe is not None and e.keyframe.number is not None:
             changes["keyframe"] = self.image(e.keyframe.number, settings)
-            changes["keyframe_slot"] = e.keyframe_slot or "frame"
+            changes["keyframe_slot"] = e.keyframe_slot or "latent"
         return plan.replace(**changes)
 
     def _prompt_key(self, text: str) -> str:

@@ -46,11 +46,13 @@ _TWO_OVER_255 = 2.0 / 255.0
 KeyframeSlot = Literal["frame", "latent"]
 """How much of the clip's last latent frame a keyframe fills.
 
-``frame`` (default, exactly ``WanFirstLastFrameToVideo``): the keyframe is the last pixel frame
-only; the mask marks that frame (channel 3 of the last latent frame); the three frames before
-it stay padding, so the model may still move into the keyframe.
-``latent``: the keyframe fills the last latent frame (the last 4 pixel frames, all 4 mask
-channels): a firmer hold, but the clip ends on 4 still frames.
+``latent`` (default): the keyframe fills the last latent frame (the last 4 pixel frames, all 4
+mask channels: the same kind of mask the SVI LoRAs see on latent frame 0). On the toy world it
+brings the last frame 2.8x closer to the keyframe than no keyframe, with the right colour
+(README, "Directing a long video"); the clip may end on up to 4 still frames.
+``frame`` (exactly ``WanFirstLastFrameToVideo``): the keyframe is the last pixel frame only;
+the mask marks that frame (channel 3 of the last latent frame); the three frames before it stay
+padding. On the toy it reaches the keyframe's layout less closely and shifts its colour.
 """
 
 KEYFRAME_SLOTS: tuple[str, ...] = ("frame", "latent")
@@ -104,7 +106,7 @@ class Keyframe:
     """
 
     image: torch.Tensor
-    slot: KeyframeSlot = "frame"
+    slot: KeyframeSlot = "latent"
 
     def __post_init__(self) -> None:
         _check_reference(self.image, "keyframe")
@@ -291,7 +293,7 @@ def build_latent_conditioning(
     anchor: torch.Tensor,
     carry: Carry | None,
     keyframe: torch.Tensor | None = None,
-    keyframe_slot: KeyframeSlot = "frame",
+    keyframe_slot: KeyframeSlot = "latent",
 ) -> ClipConditioning:
     """Latent carry: ``[A, prev[:, :, -k:], zeros]`` (NORMALISED; clip 0: ``[A, zeros]``).
 
@@ -357,7 +359,7 @@ def build_conditioning(
             anchor = anchor_latent(backend, reference)
         if keyframe is not None and keyframe_lat is None:
             keyframe_lat = keyframe_latent(backend, keyframe)
-        slot = keyframe.slot if keyframe is not None else "frame"
+        slot = keyframe.slot if keyframe is not None else "latent"
         lat = keyframe_lat if keyframe is not None else None
         return build_latent_conditioning(mode, anchor, carry, lat, slot)
     return build_pixel_conditioning(backend, mode, reference, carry, keyframe)

@@ -58,8 +58,8 @@ class ClipPlan:
         reference: uint8 ``[H, W, 3]``: the image this clip pads with (reference padding) or
             anchors on (SVI 2.0 Pro); the run's reference unless a condition changes it.
         keyframe: uint8 ``[H, W, 3]`` image the clip's LAST frame is conditioned on, or None.
-        keyframe_slot: how much of the last latent frame the keyframe fills (``"frame"`` or
-            ``"latent"``, see :data:`svi_core.conditioning.KeyframeSlot`).
+        keyframe_slot: how much of the last latent frame the keyframe fills (``"latent"`` or
+            ``"frame"``, see :data:`svi_core.conditioning.KeyframeSlot`).
         lora_strengths: LoRA name -> strength for this clip; empty = as loaded. Names are the
             backend's (the loader's file names).
         extras: model-side payloads by condition name (``"audio"``, ``"pose"``), each applied
@@ -75,7 +75,7 @@ class ClipPlan:
     guidance: Guidance
     reference: torch.Tensor
     keyframe: torch.Tensor | None = None
-    keyframe_slot: str = "frame"
+    keyframe_slot: str = "latent"
     lora_strengths: Mapping[str, float] = field(default_factory=frozen_mapping)
     extras: Mapping[str, Any] = field(default_factory=frozen_mapping)
 

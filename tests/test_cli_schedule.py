@@ -60,7 +60,7 @@ def test_schedule_sets_lora_strength_and_keyframe(tmp_path, inputs, caplog, tiny
     lats, manifest = clip_latents(tmp_path / "story.run")
     plans = [c["plan"] for c in manifest["clips"]]
     assert plans[0]["lora_strengths"] == {"svi": 0.0} and plans[1]["lora_strengths"] == {}
-    assert plans[0]["keyframe"] is None and plans[1]["keyframe_slot"] == "frame"
+    assert plans[0]["keyframe"] is None and plans[1]["keyframe_slot"] == "latent"
     # clip 1 with the SVI LoRA at 0 is exactly clip 1 of a run without the LoRA
     plain = tmp_path / "plain.mp4"
     assert main(film_args(m, img, prompts, plain)) == 0, caplog.text

@@ -254,9 +254,10 @@ def test_pro_anchor_latent_follows_the_scene_change(tmp_path):
     a2 = be.requests[2].cond_latent[:, :, :1]
     assert not torch.equal(a0, a2)
     assert float(a2.mean()) == pytest.approx(px(30), abs=1e-6)
-    # clip 2's last latent slot holds the keyframe encoded at the end of a clip
-    assert float(be.requests[1].cond_latent[:, :, -1].mean()) == pytest.approx(px(220) / 4)
-    assert [float(be.requests[1].mask[0, c, -1].mean()) for c in range(4)] == [0, 0, 0, 1]
+    # clip 2's last latent slot holds the keyframe encoded at the end of a clip (default slot
+    # latent: a still group of 4 frames, all 4 mask channels)
+    assert float(be.requests[1].cond_latent[:, :, -1].mean()) == pytest.approx(px(220))
+    assert [float(be.requests[1].mask[0, c, -1].mean()) for c in range(4)] == [1, 1, 1, 1]
     assert float(be.requests[0].mask[:, :, -1].sum()) == 0
 
 

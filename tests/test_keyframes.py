@@ -84,7 +84,7 @@ def test_frame_slot_mask_equals_wan_first_last_frame_to_video_in_comfy_conventio
     official_mask_to_comfy = pack_module("nodes.convert").official_mask_to_comfy
     mode = get_mode("tom", frames=21)
     c = build_conditioning(
-        FakeBackend(), mode, frame(REF_U8)[0], None, keyframe=Keyframe(frame(KEY_U8)[0])
+        FakeBackend(), mode, frame(REF_U8)[0], None, keyframe=Keyframe(frame(KEY_U8)[0], "frame")
     )
     t, h, w = c.mask.shape[2:]
     assert torch.equal(official_mask_to_comfy(c.mask), flf_concat_mask(t, h, w))
@@ -95,7 +95,8 @@ def test_frame_slot_mask_equals_wan_first_last_frame_to_video_in_comfy_conventio
 
 
 def test_first_clip_keyframe_and_room_for_motion_frames():
-    key = Keyframe(frame(KEY_U8)[0])
+    key = Keyframe(frame(KEY_U8)[0], "frame")
+    assert Keyframe(frame(KEY_U8)[0]).slot == "latent"  # the default (README: measured)
     # film: 5 motion frames; at 9 frames the last latent frame (frames 5-8) is free
     mode = get_mode("film", frames=9)
     be = FakeBackend()

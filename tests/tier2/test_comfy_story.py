@@ -66,7 +66,7 @@ def test_story_workflow_runs_with_keyframes_and_a_scene_change(host, object_info
     plans = [c["plan"] for c in _manifest(host, api)["clips"]]
     keyed = [i for i, p in enumerate(plans) if p["keyframe"] is not None]
     assert keyed == [2, 5] and plans[2]["keyframe"] != plans[5]["keyframe"]
-    assert {p["keyframe_slot"] for p in (plans[2], plans[5])} == {"frame"}
+    assert {p["keyframe_slot"] for p in (plans[2], plans[5])} == {"latent"}
     refs = [p["reference"] for p in plans]
     assert refs[:3] == [refs[0]] * 3 and refs[3:] == [refs[3]] * 3 and refs[3] != refs[0]
     assert [c["prompt_index"] for c in _manifest(host, api)["clips"]] == [0, 1, -1, -1, 1, -1]

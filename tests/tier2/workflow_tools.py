@@ -301,10 +301,11 @@ def story() -> dict[str, Any]:
         "prompt, seed, cfg, lora.NAME, anchor, keyframe, keyframe_slot). Here: clip 3 ends on "
         "*Keyframe A*, clip 4 changes the scene (new anchor image, kept from then on), clip 6 "
         "ends on *Keyframe B*. Replace the three images with your own (they are stretched to "
-        "the video size). Keyframes use WanFirstLastFrameToVideo's layout; the SVI LoRAs were "
-        "trained without end frames, so the last frames may hold still or lose some colour: "
-        "see the README section *Directing a long video*. Queue again with more lines for later "
-        "clips to extend the story; lines for finished clips cannot change."
+        "the video size). A keyframe fills the clip's last latent frame (keyframe_slot=frame: "
+        "only the last frame, as WanFirstLastFrameToVideo); the SVI LoRAs were trained without "
+        "end frames, so a keyed clip may end on a few still frames: see the README section "
+        "*Directing a long video*. Queue again with more lines for later clips to extend the "
+        "story; lines for finished clips cannot change."
     )
     spec = [
         {"id": 1, "type": "SVIModelLoader", "pos": [0, 0], "size": [400, 240],
