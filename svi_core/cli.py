@@ -12,6 +12,12 @@ Every input is checked before any model is loaded. The run directory (default
 ``<output>.run/``) makes the run resumable: rerun the same command after a crash or Ctrl-C,
 or with a larger ``--clips`` to extend a finished video.
 
+A talking video (SVI-Talk) adds the speech and its two models::
+
+    python -m svi_core generate --mode talk --audio speech.wav --image face.png \\
+        --multitalk multitalk.safetensors --wav2vec chinese-wav2vec2-base/ \\
+        --lora svi-talk.safetensors --model ... --vae ... --clip-vision ... --output talk.mp4
+
 ``report VIDEO --out DIR`` is forwarded to :func:`svi_core.report.main`; ``demo`` to
 :func:`svi_core.toy.demo.main`.
 """
@@ -33,6 +39,7 @@ from .log import logger
 from .loop import LoopInputs, RunResult, RunSettings, check_output, open_run, run_clips
 from .modes import MODES, ModeConfig, get_mode
 from .prompts import PromptStream, load_prompts
+from .talk.inputs import TalkInputs, refuse_talk_lora_elsewhere
 from .video_io import DEFAULT_CRF
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -128,6 +135,7 @@ class GenerateOptions:
         output: the mp4. run_dir: the resumable run directory. device, dtype: where and in
         which dtype the DiT and text encoder run (the VAE and CLIP vision run in float32).
         batch_cfg: batch the CFG passes. progress: show tqdm bars.
+        talk: the checked SVI-Talk inputs (speech, MultiTalk, wav2vec2) for mode talk.
     """
 
     settings: RunSettings
@@ -140,6 +148,7 @@ class GenerateOptions:
     dtype: torch.dtype
     batch_cfg: bool = True
     progress: bool = True
+    talk: TalkInputs | None = None
 
 
 # ----- parsing ------------------------------------------------------------------------------
@@ -179,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--prompts", type=Path, help="prompt file (prompts = [...] or one per line)")
     i.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     i.add_argument("--negative", help="negative prompt (default: the mode's official one)")
+    t = g.add_argument_group("talk (mode talk: a talking video from speech)")
+    t.add_argument("--audio", type=Path, help="speech (wav, mp3, flac, m4a, or a video's sound)")
+    t.add_argument("--multitalk", type=Path, help="MeiGen-MultiTalk multitalk.safetensors")
+    t.add_argument("--wav2vec", type=Path, help="TencentGameMate/chinese-wav2vec2-base folder")
+    t.add_argument(
+        "--audio-align", choices=["official", "frames"], default="official",
+        help="speech under the video: official (from 0 s) or frames (the audio each frame saw)",
+    )  # fmt: skip
+    t.add_argument("--cfg-audio", type=float, help="audio guidance scale (default 5)")
     s = g.add_argument_group("generation")
     s.add_argument("--mode", default="film", choices=list(MODES), help="SVI mode (default film)")
     s.add_argument("--clips", type=int, help="number of clips (default: the mode's rule)")
@@ -225,6 +243,7 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         frames=args.frames,
         steps=args.steps,
         cfg=args.cfg,
+        cfg_audio=args.cfg_audio,
         shift=args.shift,
         seed_base=args.seed,
         seed_stride=args.stride,
@@ -261,6 +280,15 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
     low_loras = tuple(LoraSpec.parse(t) for t in args.low_noise_lora)
     for spec in loras + low_loras:
         _need_file(spec.path, "LoRA file", "--lora")
+    refuse_talk_lora_elsewhere(mode, [spec.path for spec in loras])
+    talk = TalkInputs.check(
+        mode,
+        audio=args.audio,
+        multitalk=args.multitalk,
+        wav2vec=args.wav2vec,
+        dit=args.model,
+        align=args.audio_align,
+    )
     if low_loras and args.low_noise_model is None:
         raise SVIError("--low-noise-lora needs --low-noise-model (the Wan2.2 low-noise expert)")
     if args.prompts is not None and args.prompt:
@@ -269,6 +297,8 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         prompts = load_prompts(args.prompts)
     elif args.prompt:
         prompts = [p.strip() for p in args.prompt if p.strip()]
+    elif mode.default_prompt:
+        prompts = [mode.default_prompt]
     else:
         raise SVIError("no prompt: pass --prompts FILE or --prompt TEXT")
     PromptStream.for_mode(prompts, mode)  # empty -> error
@@ -283,7 +313,8 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         size = None
     reference = load_reference(args.image, mode, size)  # unreadable image -> SVIError
     height, width = int(reference.shape[0]), int(reference.shape[1])
-    clips = args.clips if args.clips is not None else mode.clip_count(len(prompts))
+    audio_frames = talk.feature_frames if talk is not None else None
+    clips = args.clips if args.clips is not None else mode.clip_count(len(prompts), audio_frames)
     settings = RunSettings(mode=mode, width=width, height=height, num_clips=clips, crf=args.crf)
     settings.validate()
     output = args.output
@@ -317,6 +348,7 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         dtype=dtype,
         batch_cfg=not args.no_batch_cfg,
         progress=not args.no_progress,
+        talk=talk,
     )
 
 
@@ -372,6 +404,7 @@ def build_backend(opts: GenerateOptions):
         device=dev,
         dtype=opts.dtype,
         batch_cfg=opts.batch_cfg,
+        extras={"audio": opts.talk.hook(high, opts.dtype)} if opts.talk is not None else None,
     )
     # every prompt is known up front: encode them all, then free the text encoder
     backend.precompute_text([*opts.prompts, opts.settings.mode.negative_prompt])
@@ -382,14 +415,24 @@ def generate(opts: GenerateOptions, backend=None) -> RunResult:
     """Run (or resume / extend) a generation; ``backend`` defaults to :func:`build_backend`."""
     mode = opts.settings.mode
     reference = load_reference(opts.image, mode, (opts.settings.width, opts.settings.height))
+    fingerprints = opts.files.fingerprints()
+    conditions = ()
+    if opts.talk is not None:
+        fingerprints.update(opts.talk.fingerprints())
+        conditions = (opts.talk.condition(),)
     inputs = LoopInputs(
-        reference=reference, prompts=opts.prompts, fingerprints=opts.files.fingerprints()
+        reference=reference,
+        prompts=opts.prompts,
+        fingerprints=fingerprints,
+        conditions=conditions,
     )
     # the run directory and the output are checked (and the run locked) before any model loads
     check_output(opts.output)
     store = open_run(opts.run_dir, opts.settings, inputs)
     if backend is None:
         try:
+            if conditions and store.clips_done < opts.settings.num_clips:
+                conditions[0].features.get()  # wav2vec2 before (and freed before) the DiT
             backend = build_backend(opts)
         except BaseException:
             store.close()
