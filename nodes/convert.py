@@ -155,3 +155,24 @@ def reference_from_image(image: torch.Tensor, width: int, height: int) -> torch.
         return u8.contiguous()
     pil = Image.fromarray(u8.numpy()).resize((width, height), Image.BICUBIC)
     return torch.from_numpy(np.array(pil, dtype=np.uint8).copy())
+
+
+def image_to_pose_frames(image: torch.Tensor) -> torch.Tensor:
+    """A ComfyUI IMAGE batch of skeleton frames ``[B, H, W, C]`` in [0, 1] -> uint8 ``[B, H, W, 3]``.
+
+    ``round(x * 255)``: frames loaded from a video come back exactly. An alpha channel is
+    dropped. Fitting to the video size is ``svi_core.pose.prepare_pose_frames``' job.
+    """
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[0] < 1:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise SVIError(
+            f"pose: expected an IMAGE batch [frames, H, W, 3] (a skeleton video from Load Video "
+            f"or a pose-estimation node); got {shape}"
+        )
+    if image.shape[-1] not in (3, 4):
+        raise SVIError(
+            f"pose: the IMAGE has {image.shape[-1]} channels; SVI-Dance needs the coloured "
+            "skeleton (RGB) drawn by DWPose / OpenPose"
+        )
+    x = image[..., :3].detach().float().cpu()
+    return (x * 255.0).round().clamp(0, 255).to(torch.uint8)

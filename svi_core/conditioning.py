@@ -218,7 +218,9 @@ def reference_size(mode: ModeConfig, image_width: int, image_height: int) -> tup
         return mode.width, mode.height
     w, h = image_width, image_height
     if w > mode.max_width:
-        h = int(h * mode.max_width / w)
+        # official utils/image_process.py:63-65: int(width * (height / width)), in that order
+        # (h * max_width / w rounds differently for some sizes, e.g. 845x975 -> 960 vs 944)
+        h = int(mode.max_width * (h / w))
         w = mode.max_width
     w, h = (w // 16) * 16, (h // 16) * 16
     if w < 16 or h < 16:

@@ -71,9 +71,11 @@ class Guidance:
         kind: see :data:`GuidanceKind`.
         scale: ``cfg``: the guidance scale g. ``text_audio``: the text scale.
         audio_scale: ``text_audio`` only: the audio scale (official 5.0).
-        uncond_null: ``cfg`` only: extra conditions the unconditional pass drops (SVI-Dance
-            runs the unconditional pass without the pose, official
-            ``svi_video_dance.py:426-429`` with ``cond_wo_pose`` off).
+        uncond_null: ``cfg`` only: extra conditions the unconditional pass drops. (The Dance
+            pipeline can run its unconditional pass without the pose,
+            ``svi_video_dance.py:426-429``, but the official script passes
+            ``cond_wo_pose=True``, ``test_svi_dance.py:259``, so SVI-Dance keeps the pose in
+            both passes and this stays empty.)
     """
 
     kind: GuidanceKind = "cfg"

@@ -91,8 +91,8 @@ class ModeConfig:
         guidance: how passes combine (:data:`svi_core.guidance.GuidanceKind`): ``cfg`` for
             every mode but SVI-Talk's ``text_audio``.
         cfg_audio: ``text_audio`` guidance only: the audio scale.
-        uncond_null: per-clip conditions the unconditional pass runs without (SVI-Dance:
-            the pose).
+        uncond_null: per-clip conditions the unconditional pass runs without (empty in every
+            official mode).
         conditions: per-clip conditions the mode needs (``("audio",)`` for Talk, ``("pose",)``
             for Dance); a run without them is refused before any work.
         boundary: two-expert switch on the 0..1 sigma scale (0.875 for Wan2.2 A14B I2V);

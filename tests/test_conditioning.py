@@ -144,6 +144,10 @@ def test_v2_w22_uses_last_frame_and_anchor_padding():
 def test_sizes_and_frames_validation():
     assert reference_size(get_mode("film"), 1920, 1080) == (832, 464)
     assert reference_size(get_mode("film"), 500, 300) == (496, 288)
+    # official utils/image_process.py:63-65 computes int(832 * (975 / 845)) = 959 -> 944; the
+    # algebraically equal int(975 * 832 / 845) = 960 would give another height
+    assert int(975 * 832 / 845) // 16 * 16 == 960
+    assert reference_size(get_mode("film"), 845, 975) == (832, 944)
     assert reference_size(get_mode("v2_pro"), 1920, 1080) == (832, 480)
     with pytest.raises(SVIError, match="width=500 \\(nearest valid: 496 or 512\\)"):
         check_size(500, 480)

@@ -120,3 +120,17 @@ def test_split_prompt_text_lines_paragraphs_comments_and_lists():
         convert.split_prompt_text("# only a comment\n\n")
     with pytest.raises(errors.SVIError):
         convert.split_prompt_text('prompts = ["x", __import__("os")]')
+
+
+def test_image_to_pose_frames_round_trips_uint8() -> None:
+    convert = _pack_module("nodes.convert")
+    SVIError = convert.SVIError  # the pack's own class (imported under the test package name)
+    u8 = torch.randint(0, 256, (3, 4, 5, 3), dtype=torch.uint8)
+    image = u8.float() / 255.0  # what Load Video hands over
+    assert torch.equal(convert.image_to_pose_frames(image), u8)
+    rgba = torch.cat([image, torch.ones(3, 4, 5, 1)], dim=-1)
+    assert torch.equal(convert.image_to_pose_frames(rgba), u8)
+    with pytest.raises(SVIError, match="1 channels"):
+        convert.image_to_pose_frames(torch.zeros(2, 4, 5, 1))
+    with pytest.raises(SVIError, match="IMAGE batch"):
+        convert.image_to_pose_frames(torch.zeros(4, 5, 3))
