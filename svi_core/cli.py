@@ -330,6 +330,10 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         dit=args.model,
         align=args.audio_align,
     )
+    if args.cfg_audio is not None and "audio" not in rules.conditions:
+        problems.add(
+            f"--cfg-audio is the audio guidance of mode talk; mode {rules.name!r} has none"
+        )
     if low_loras and args.low_noise_model is None:
         problems.add("--low-noise-lora needs --low-noise-model (the Wan2.2 low-noise expert)")
     prompts: list[str] | None = None

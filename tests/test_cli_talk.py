@@ -105,6 +105,8 @@ def test_talk_inputs_are_checked_before_any_model(tmp_path, inputs, talk_files, 
     refused(drop(args, "--audio"), caplog, "needs --audio", "multitalk.safetensors")
     refused(drop(args, "--multitalk"), caplog, "needs --multitalk", "lips would not follow")
     refused(swap(args, "--mode", "shot"), caplog, "--audio, --multitalk, --wav2vec are for")
+    refused(base_args(tmp_path, *inputs) + ["--cfg-audio", "4"], caplog, "--cfg-audio is the audio")
+    args = talk_args(tmp_path, inputs, files=talk_files)
     # not audio, silence, too short for one clip of 81 frames
     bad = tmp_path / "notes.wav"
     bad.write_text("not audio\n" * 50)
