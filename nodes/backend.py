@@ -183,12 +183,11 @@ class ComfyBackend:
         continues from step ``switch`` without adding noise.
         """
         unknown_extras(request, self.extras, "ComfyUI")
-        if request.guidance.kind != "cfg":
-            raise SVIError(
-                f"clip {request.index}: {request.guidance.describe()} guidance needs the "
-                "ComfyUI hook of its mode; this sampler supports classifier-free guidance only"
-            )
         check_strength_keys(request.lora_strengths, self.model, self.low_noise_model, request.index)
+        if request.guidance.kind != "cfg":  # SVI-Talk's text/audio passes: nodes.guider
+            from .guider import denoise_guided
+
+            return denoise_guided(self, request, on_step)
         ts = getattr(request, "timestep_dtype", "float32")
         high = self._with_strengths(self.model, "high", request)
         high = self._patch_extras(self._shift(high, request.shift, ts), request)

@@ -10,6 +10,7 @@ from .loaders import SVILoraLoader, SVIModelLoader
 from .prompts import SVIPromptStream
 from .sampler import SVIInfiniteSampler
 from .schedule import SVISchedule
+from .talk import SVITalkAudio
 from .toy import SVIToyModels
 
 NODE_CLASSES: list[type[io.ComfyNode]] = [
@@ -21,6 +22,7 @@ NODE_CLASSES: list[type[io.ComfyNode]] = [
     SVIClipConditioning,
     SVIDriftReport,
     SVIToyModels,
+    SVITalkAudio,
 ]
 
 
