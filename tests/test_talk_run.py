@@ -193,7 +193,9 @@ def test_a_clip_that_ran_past_the_end_cannot_change(tmp_path, w2v):
     short = write_wav(tmp_path / "short.wav", long[: int(0.6 * RATE)], RATE)
     full = write_wav(tmp_path / "full.wav", long, RATE)
     talk_run(tmp_path, condition(short, w2v), clips=2)  # clip 1 reads frames 8..18 of 15
-    with pytest.raises(RunMismatchError, match=r"clip 1 is already made with extra\.audio="):
+    with pytest.raises(
+        RunMismatchError, match=r"clip 2 \(index 1\) is already made with extra\.audio="
+    ):
         talk_run(tmp_path, condition(full, w2v), clips=3)
 
 
