@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Error-Recycling Fine-Tuning (ERFT) of an SVI LoRA for the Wan2.1 I2V DiT.",
     )
     parser.add_argument("--config", help="TOML file of TrainConfig keys")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="shot (default) or film")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), help="shot (default), film, talk or dance"
+    )
     parser.add_argument("--print-config", action="store_true", help="print the config and exit")
     group = parser.add_argument_group("config fields (override the preset and the TOML file)")
     for name in FIELD_NAMES:
