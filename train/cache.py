@@ -309,7 +309,7 @@ def build_cache(
     """
     cache = FeatureCache(config.cache_path)
     enc_id = (
-        encoders.video_id + encoders.text_id + encoders.clip_id
+        encoders.video_id + encoders.text_id + encoders.clip_id + encoders.audio_id
         if isinstance(encoders, Encoders)
         else _factory_id(config)
     )
