@@ -73,7 +73,9 @@ class ConditionFamily:
             )
 
     def list_items(self, config: TrainConfig) -> list[VideoItem]:
-        return list_videos(config.dataset, config.default_caption)
+        return list_videos(
+            config.dataset, config.default_caption, warn_uncaptioned=not config.fixed_caption
+        )
 
     def attach(self, model: torch.nn.Module, config: TrainConfig) -> None:
         """Register the family's modules on the DiT (after the LoRA is injected)."""

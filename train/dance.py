@@ -108,8 +108,9 @@ def list_dance_videos(config: TrainConfig) -> list[VideoItem]:
         raise SVIError(
             f"dataset folder '{pickled[0]}' holds the official preprocessed pickles and no "
             f"{VIDEO_NAME}. Pickles are never loaded here (unpickling a file can run code): "
-            "convert them once with the recipe in the README section 'Training SVI-Dance' (run "
-            f"it in the official environment), or give {VIDEO_NAME} + {POSE_NAME} per folder."
+            "convert them once with the README recipe 'Converting the official preprocessed "
+            f"pickles' (run it in the official environment), or give {VIDEO_NAME} + {POSE_NAME} "
+            "per folder."
         )
     items: list[VideoItem] = []
     missing: list[Path] = []

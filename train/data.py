@@ -63,7 +63,9 @@ class VideoItem:
     pose: Path | None = None
 
 
-def list_videos(dataset: str | Path, default_caption: str = "") -> list[VideoItem]:
+def list_videos(
+    dataset: str | Path, default_caption: str = "", warn_uncaptioned: bool = True
+) -> list[VideoItem]:
     """Every video under ``dataset`` with its caption, sorted by path.
 
     Raises SVIError for a missing folder, a folder with no videos, a CSV without the
@@ -112,7 +114,7 @@ def list_videos(dataset: str | Path, default_caption: str = "") -> list[VideoIte
             f"dataset folder '{root}' holds no videos ({', '.join(VIDEO_EXTENSIONS)}); add "
             "videos with a CSV (Filename, Video Description) or same-name .txt captions"
         )
-    if uncaptioned:
+    if uncaptioned and warn_uncaptioned:
         logger.warning(
             "%d video(s) in '%s' have no caption (.txt or CSV); using default_caption %r",
             uncaptioned,

@@ -79,8 +79,10 @@ def list_talk_videos(config: TrainConfig) -> list[VideoItem]:
     """
     root = Path(config.dataset)
     if root.is_dir():
-        _refuse_pickles(root, PICKLE_CACHES, "talk")
-    items = list_videos(config.dataset, config.default_caption)
+        _refuse_pickles(root, PICKLE_CACHES)
+    items = list_videos(
+        config.dataset, config.default_caption, warn_uncaptioned=not config.fixed_caption
+    )
     out = []
     for it in items:
         features = it.path.with_name(it.path.stem + FEATURES_SUFFIX)
@@ -105,15 +107,15 @@ def _audio_beside(video: Path) -> Path:
     return video
 
 
-def _refuse_pickles(root: Path, names: tuple[str, ...], preset: str) -> None:
+def _refuse_pickles(root: Path, names: tuple[str, ...]) -> None:
     found = sorted(p for name in names for p in root.rglob(name))
     if found:
         raise SVIError(
             f"dataset '{root}' holds the official preprocessed pickles ('{found[0]}'"
             f"{f' and {len(found) - 1} more' if len(found) > 1 else ''}). They are never "
             "loaded here (unpickling a file can run code). Point `dataset` at the raw videos "
-            "instead, or convert the pickles once with the recipe in the README section "
-            f"'Training SVI-{preset.capitalize()}' (run it in the official environment)."
+            "instead, or convert the pickles once with the README recipe 'Converting the official "
+            "preprocessed pickles' (run it in the official environment)."
         )
 
 
