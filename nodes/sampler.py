@@ -18,6 +18,7 @@ import folder_paths
 import torch
 from comfy_api.latest import InputImpl, io, ui
 
+from ..svi_core import limits as L
 from ..svi_core.conditioning import reference_size
 from ..svi_core.errors import Cancelled
 from ..svi_core.latents import denormalise
@@ -28,8 +29,6 @@ from .backend import ComfyBackend
 from .checks import EXISTING_RUN, check_models, model_fingerprint, pick_run
 from .convert import reference_from_image, run_video
 from .prompts import EncodedPrompts, SVIPrompts
-
-MAX_SIZE = 4096
 
 
 def _settings(kwargs: dict[str, Any], prompts: EncodedPrompts, image: torch.Tensor):
@@ -43,7 +42,12 @@ def _settings(kwargs: dict[str, Any], prompts: EncodedPrompts, image: torch.Tens
         seed_stride=kwargs["seed_stride"],
         fps=kwargs["fps"],
         prompt_repeat=prompts.repeat or None,  # 0 = the mode's own repeat
-        **({"boundary": kwargs["boundary"]} if get_mode(kwargs["mode"]).boundary else {}),
+        # the optional input may be absent (an API prompt): then the mode's own boundary
+        **(
+            {"boundary": kwargs["boundary"]}
+            if get_mode(kwargs["mode"]).boundary and kwargs.get("boundary") is not None
+            else {}
+        ),
     )
     width, height = kwargs["width"], kwargs["height"]
     if width == 0 or height == 0:
@@ -109,14 +113,14 @@ class SVIInfiniteSampler(io.ComfyNode):
                     "clips",
                     default=0,
                     min=0,
-                    max=10000,
+                    max=L.MAX_CLIPS,
                     tooltip="Clips to generate; 0 = the mode's default count.",
                 ),
                 io.Int.Input(
                     "frames",
                     default=81,
-                    min=5,
-                    max=1001,
+                    min=L.MIN_FRAMES,
+                    max=L.MAX_FRAMES,
                     step=4,
                     tooltip="Frames per clip, 4k + 1 (81 official).",
                 ),
@@ -124,7 +128,7 @@ class SVIInfiniteSampler(io.ComfyNode):
                     "width",
                     default=832,
                     min=0,
-                    max=MAX_SIZE,
+                    max=L.MAX_SIDE,
                     step=16,
                     tooltip="Video width, a multiple of 16; 0 = from the image per the mode (Wan2.1: keep up to 832).",
                 ),
@@ -132,7 +136,7 @@ class SVIInfiniteSampler(io.ComfyNode):
                     "height",
                     default=480,
                     min=0,
-                    max=MAX_SIZE,
+                    max=L.MAX_SIDE,
                     step=16,
                     tooltip="Video height, a multiple of 16; 0 = from the image per the mode.",
                 ),
@@ -140,14 +144,14 @@ class SVIInfiniteSampler(io.ComfyNode):
                     "steps",
                     default=50,
                     min=1,
-                    max=1000,
+                    max=L.MAX_STEPS,
                     tooltip="Sampling steps per clip (50 official; 4-8 with a LightX2V LoRA).",
                 ),
                 io.Float.Input(
                     "cfg",
                     default=5.0,
-                    min=1.0,
-                    max=30.0,
+                    min=0.0,  # the core refuses 0 itself: a scale must be in (0, max]
+                    max=L.MAX_GUIDANCE,
                     step=0.1,
                     round=0.01,
                     tooltip="Classifier-free guidance (5 official; 1 = one pass).",
@@ -167,8 +171,8 @@ class SVIInfiniteSampler(io.ComfyNode):
                 io.Float.Input(
                     "shift",
                     default=5.0,
-                    min=0.1,
-                    max=100.0,
+                    min=L.SHIFT_RANGE[0],
+                    max=L.SHIFT_RANGE[1],
                     step=0.1,
                     tooltip="Flow shift (SVI: 5; ComfyUI's Wan default is 8).",
                 ),
@@ -176,7 +180,7 @@ class SVIInfiniteSampler(io.ComfyNode):
                     "seed",
                     default=0,
                     min=0,
-                    max=0xFFFFFFFFFFFFFFFF,
+                    max=L.MAX_SEED,
                     control_after_generate=True,
                     tooltip="Seed of clip 0; clip k uses seed + k * seed_stride.",
                 ),
@@ -184,14 +188,14 @@ class SVIInfiniteSampler(io.ComfyNode):
                     "seed_stride",
                     default=42,
                     min=0,
-                    max=1000000,
+                    max=L.MAX_SEED_STRIDE,
                     tooltip="Seed step between clips (official 42); never 0 unless you want repeated noise.",
                 ),
                 io.Float.Input(
                     "fps",
                     default=16.0,
-                    min=1.0,
-                    max=120.0,
+                    min=L.FPS_RANGE[0],
+                    max=L.FPS_RANGE[1],
                     step=1.0,
                     tooltip="Frame rate of the saved video (official 24 on Wan2.1, 15 on Wan2.2).",
                 ),

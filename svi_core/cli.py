@@ -27,11 +27,13 @@ from pathlib import Path
 
 import torch
 
-from .conditioning import check_frames, check_size, load_reference
+from .checkpoints import check_safetensors_header, precheck_model_file
+from .conditioning import load_reference
 from .errors import Cancelled, SVIError
+from .limits import size_problem
 from .log import logger
 from .loop import LoopInputs, RunResult, RunSettings, check_output, open_run, run_clips
-from .modes import MODES, ModeConfig, get_mode
+from .modes import MODES, ModeConfig, clip_vision_problem, get_mode
 from .prompts import PromptStream, load_prompts
 from .video_io import DEFAULT_CRF
 
@@ -216,11 +218,40 @@ def _need_file(path: Path | None, what: str, flag: str) -> None:
         raise SVIError(f"{what} {path} does not exist; pass an existing file with {flag}")
 
 
+class _Problems:
+    """Collects the problems of one run, so a user fixes them all at once (issue 10, 2)."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def check(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)``, or None with its SVIError message noted."""
+        try:
+            return fn(*args, **kwargs)
+        except SVIError as e:
+            self.found.append(str(e))
+            return None
+
+    def add(self, message: str) -> None:
+        self.found.append(message)
+
+    def raise_if_any(self) -> None:
+        if len(self.found) == 1:
+            raise SVIError(self.found[0])
+        if self.found:
+            listed = "; ".join(f"({i}) {m}" for i, m in enumerate(self.found, 1))
+            raise SVIError(f"{len(self.found)} problems: {listed}")
+
+
 def options_from_args(args: argparse.Namespace) -> GenerateOptions:
-    """Check every input and map the arguments onto the typed settings (no model loaded)."""
-    if args.frames is not None:
-        check_frames(args.frames)
-    mode: ModeConfig = get_mode(
+    """Check every input and map the arguments onto the typed settings (no model loaded).
+
+    Every cheap check runs (settings, files, text encoder, prompts, size, image, output) and
+    all problems are reported together in one SVIError, not one per run.
+    """
+    problems = _Problems()
+    mode: ModeConfig | None = problems.check(
+        get_mode,
         args.mode,
         frames=args.frames,
         steps=args.steps,
@@ -236,6 +267,7 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         negative_prompt=args.negative,
         **({"overlap": args.overlap} if args.overlap is not None else {}),
     )
+    rules = mode if mode is not None else get_mode(args.mode)  # the preset, for the checks below
     for path, what, flag in (
         (args.model, "DiT file", "--model"),
         (args.low_noise_model, "low-noise DiT file", "--low-noise-model"),
@@ -244,51 +276,68 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         (args.text_embeddings, "text embeddings file", "--text-embeddings"),
         (args.clip_vision, "CLIP-vision file", "--clip-vision"),
     ):
-        _need_file(path, what, flag)
+        problems.check(_need_file, path, what, flag)
+        # a wrong file type, a pickle or a truncated download is named now, not after the DiT
+        # has loaded
+        if path is not None and path.is_file():
+            if flag == "--text-embeddings":
+                problems.check(check_safetensors_header, path, what)
+            else:
+                problems.check(precheck_model_file, path, what)
     if args.text_encoder is None and args.text_embeddings is None:
-        raise SVIError("no text encoder: pass --text-encoder and --tokenizer, or --text-embeddings")
+        problems.add("no text encoder: pass --text-encoder and --tokenizer, or --text-embeddings")
     if args.text_encoder is not None and (args.tokenizer is None or not args.tokenizer.is_dir()):
-        raise SVIError(
+        problems.add(
             f"--text-encoder needs --tokenizer pointing to the google/umt5-xxl tokenizer folder "
             f"(got {args.tokenizer})"
         )
-    if mode.clip_vision and args.clip_vision is None:
-        raise SVIError(
-            f"mode {mode.name} runs Wan2.1 I2V, which needs CLIP vision: pass --clip-vision "
-            "clip_vision_h.safetensors"
-        )
+    no_clip = clip_vision_problem(rules, args.clip_vision is not None, "pass --clip-vision FILE")
+    if no_clip:
+        problems.add(no_clip)
     loras = tuple(LoraSpec.parse(t) for t in args.lora)
     low_loras = tuple(LoraSpec.parse(t) for t in args.low_noise_lora)
-    for spec in loras + low_loras:
-        _need_file(spec.path, "LoRA file", "--lora")
+    for specs, flag in ((loras, "--lora"), (low_loras, "--low-noise-lora")):
+        for spec in specs:
+            problems.check(_need_file, spec.path, "LoRA file", flag)
+            if spec.path.is_file():
+                problems.check(precheck_model_file, spec.path, "LoRA file")
     if low_loras and args.low_noise_model is None:
-        raise SVIError("--low-noise-lora needs --low-noise-model (the Wan2.2 low-noise expert)")
+        problems.add("--low-noise-lora needs --low-noise-model (the Wan2.2 low-noise expert)")
+    prompts: list[str] | None = None
     if args.prompts is not None and args.prompt:
-        raise SVIError("give prompts either with --prompts FILE or with --prompt, not both")
-    if args.prompts is not None:
-        prompts = load_prompts(args.prompts)
+        problems.add("give prompts either with --prompts FILE or with --prompt TEXT, not both")
+    elif args.prompts is not None:
+        prompts = problems.check(load_prompts, args.prompts)
     elif args.prompt:
         prompts = [p.strip() for p in args.prompt if p.strip()]
     else:
-        raise SVIError("no prompt: pass --prompts FILE or --prompt TEXT")
-    PromptStream.for_mode(prompts, mode)  # empty -> error
+        problems.add("no prompt: pass --prompts FILE or --prompt TEXT")
+    if prompts is not None:
+        problems.check(PromptStream.for_mode, prompts, rules)  # empty -> error
+    size: tuple[int, int] | None = None
     if (args.width is None) != (args.height is None):
-        raise SVIError("give both --width and --height, or neither")
-    if args.width is not None:
-        check_size(args.width, args.height)
-        size = (args.width, args.height)
-    elif mode.resize == "fixed":
-        size = (mode.width, mode.height)
-    else:
-        size = None
-    reference = load_reference(args.image, mode, size)  # unreadable image -> SVIError
-    height, width = int(reference.shape[0]), int(reference.shape[1])
-    clips = args.clips if args.clips is not None else mode.clip_count(len(prompts))
-    settings = RunSettings(mode=mode, width=width, height=height, num_clips=clips, crf=args.crf)
-    settings.validate()
+        problems.add("give both --width and --height, or neither")
+    elif args.width is not None:
+        bad_size = size_problem(args.width, args.height)
+        if bad_size:
+            problems.add(bad_size)
+        else:
+            size = (args.width, args.height)
+    elif rules.resize == "fixed":
+        size = (rules.width, rules.height)
+    # an unreadable image -> SVIError; with a bad size, only its readability is checked here
+    reference = problems.check(load_reference, args.image, rules, size)
     output = args.output
     if output.suffix.lower() != ".mp4":
-        raise SVIError(f"--output {output} must end in .mp4")
+        problems.add(f"--output {output} must end in .mp4")
+    if reference is not None:
+        height, width = int(reference.shape[0]), int(reference.shape[1])
+    else:  # a valid stand-in: the size's own problems are listed above
+        width, height = rules.width, rules.height
+    clips = args.clips if args.clips is not None else rules.clip_count(len(prompts or [""]))
+    settings = RunSettings(mode=rules, width=width, height=height, num_clips=clips, crf=args.crf)
+    problems.check(settings.validate)  # clip count, crf, the last clip's seed
+    problems.raise_if_any()
     run_dir = args.run_dir if args.run_dir is not None else output.with_suffix(".run")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.dtype is not None:
@@ -299,7 +348,7 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         model=args.model,
         vae=args.vae,
         low_noise_model=args.low_noise_model,
-        clip_vision=args.clip_vision if mode.clip_vision else None,
+        clip_vision=args.clip_vision if settings.mode.clip_vision else None,
         text_encoder=args.text_encoder,
         tokenizer=args.tokenizer,
         text_embeddings=args.text_embeddings if args.text_encoder is None else None,
@@ -310,7 +359,7 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         settings=settings,
         files=files,
         image=args.image,
-        prompts=tuple(prompts),
+        prompts=tuple(prompts or ()),
         output=output,
         run_dir=run_dir,
         device=device,
@@ -446,16 +495,33 @@ def _forward(module: str, argv: list[str]) -> int:
     return int(mod.main(argv) or 0)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A log handler writing to whatever ``sys.stderr`` is when a record is emitted (not the
+    stream of the moment it was made), so ``main`` can be called again in one process."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m svi_core`` / the ``svi`` script. Returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("svi: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
     if argv and argv[0] in _FORWARDED:
-        return _forward(_FORWARDED[argv[0]], argv[1:])
+        try:
+            return _forward(_FORWARDED[argv[0]], argv[1:])
+        except SVIError as e:  # the commands report their own; this is the safety net
+            logger.error("error: %s", e)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         opts = options_from_args(args)

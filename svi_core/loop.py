@@ -30,14 +30,13 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
+from . import limits
 from .backend import Backend, ClipRequest
 from .conditioning import (
     Carry,
     anchor_latent,
     build_conditioning,
     carry_from_clip,
-    check_frames,
-    check_size,
     quantise_frames,
 )
 from .conditions import ClipCondition, ClipPlan, conditions_identity
@@ -86,13 +85,22 @@ class RunSettings:
         return d
 
     def validate(self) -> None:
-        """Raise SVIError for settings no model can run (before any work starts)."""
-        check_frames(self.mode.frames)
-        check_size(self.width, self.height)
-        if self.num_clips < 1:
-            raise SVIError(f"num_clips={self.num_clips} must be >= 1")
-        if not 0 <= self.crf <= 51:
-            raise SVIError(f"crf={self.crf} must be in [0, 51] (x264 quality; 16 default)")
+        """Raise SVIError for settings no model can run (before any work starts), listing
+        every problem; the bounds are :mod:`svi_core.limits`'."""
+        m = self.mode
+        problems = [
+            limits.frames_problem(m.frames),
+            limits.size_problem(self.width, self.height),
+            limits.number_problem("num_clips", self.num_clips, 1, limits.MAX_CLIPS, integer=True),
+            limits.number_problem(
+                "crf", self.crf, *limits.CRF_RANGE, integer=True, hint="16 default"
+            ),
+        ]
+        if isinstance(self.num_clips, int) and 1 <= self.num_clips <= limits.MAX_CLIPS:
+            problems.append(limits.seed_problem(m.seed_base, m.seed_stride, self.num_clips))
+        found = [p for p in problems if p]
+        if found:
+            raise SVIError("; ".join(found))
 
 
 def identity_defaults() -> dict[str, Any]:

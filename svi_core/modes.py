@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from . import limits as L
 from .errors import SVIError
 from .guidance import GUIDANCE_KINDS, Guidance, GuidanceKind, scale_problems
 
@@ -187,10 +188,11 @@ class ModeConfig:
 
 def _check(mode: ModeConfig) -> list[str]:
     p: list[str] = []
-    if mode.frames < 5 or (mode.frames - 1) % 4:
-        lo = max(5, (mode.frames - 1) // 4 * 4 + 1)
-        near = f"{lo} or {lo + 4}" if lo < mode.frames else f"{lo}"
-        p.append(f"frames={mode.frames} must be 4k + 1 and >= 5 (nearest valid: {near})")
+    bad_frames = L.frames_problem(mode.frames)
+    if bad_frames:
+        p.append(bad_frames)
+        if not isinstance(mode.frames, int):
+            return p  # the checks below compare against the frame count
     if mode.carry == "pixel":
         if not 1 <= mode.motion_frames < mode.frames:
             p.append(f"motion_frames={mode.motion_frames} must be in [1, frames - 1]")
@@ -217,30 +219,34 @@ def _check(mode: ModeConfig) -> list[str]:
         p.append(f"clip_count_rule={mode.clip_count_rule!r} must be 'fixed' or 'min_prompts'")
     if mode.resize not in ("fit_width", "fixed"):
         p.append(f"resize={mode.resize!r} must be 'fit_width' or 'fixed'")
-    if mode.prompt_repeat < 1:
-        p.append(f"prompt_repeat={mode.prompt_repeat} must be >= 1")
-    if mode.mask_frames < 1:
-        p.append(f"mask_frames={mode.mask_frames} must be >= 1")
-    if mode.steps < 1:
-        p.append(f"steps={mode.steps} must be >= 1")
-    if mode.shift <= 0:
-        p.append(f"shift={mode.shift} must be > 0")
+    for problem in (
+        L.number_problem("prompt_repeat", mode.prompt_repeat, 1, L.MAX_PROMPT_REPEAT, integer=True),
+        L.number_problem("mask_frames", mode.mask_frames, 1, mode.latent_frames, integer=True),
+        L.number_problem("steps", mode.steps, 1, L.MAX_STEPS, integer=True, hint="50 official"),
+        L.number_problem("shift", mode.shift, *L.SHIFT_RANGE, hint="5 official"),
+        L.number_problem("fps", mode.fps, *L.FPS_RANGE),
+        L.number_problem("default_clips", mode.default_clips, 1, L.MAX_CLIPS, integer=True),
+        L.number_problem("seed_base", mode.seed_base, 0, L.MAX_SEED, integer=True),
+        L.number_problem("seed_stride", mode.seed_stride, 0, L.MAX_SEED_STRIDE, integer=True),
+        L.number_problem("max_width", mode.max_width, L.MIN_SIDE, L.MAX_SIDE, integer=True),
+    ):
+        if problem:
+            p.append(problem)
     if mode.guidance not in GUIDANCE_KINDS:
         p.append(f"guidance={mode.guidance!r} must be one of {', '.join(GUIDANCE_KINDS)}")
-    else:
+    else:  # guidance scales: svi_core.guidance.scale_problems (bound: limits.MAX_GUIDANCE)
         p += scale_problems("cfg", mode.cfg) + scale_problems("cfg_audio", mode.cfg_audio)
-    if mode.fps <= 0:
-        p.append(f"fps={mode.fps} must be > 0")
-    if mode.default_clips < 1:
-        p.append(f"default_clips={mode.default_clips} must be >= 1")
     if mode.timestep_dtype not in ("float32", "bfloat16"):
         p.append(f"timestep_dtype={mode.timestep_dtype!r} must be 'float32' or 'bfloat16'")
-    if mode.boundary is not None and not 0.0 < mode.boundary < 1.0:
+    if mode.boundary is not None and not 0.0 < mode.boundary < 1.0:  # also refuses nan
         p.append(f"boundary={mode.boundary} must be in (0, 1) or None")
     if mode.overlap is not None and not 0 <= mode.overlap < mode.frames:
         p.append(f"overlap={mode.overlap} must be in [0, frames - 1]")
-    if mode.width % 16 or mode.height % 16 or mode.max_width % 16:
-        p.append("width, height and max_width must be multiples of 16")
+    bad_size = L.size_problem(mode.width, mode.height)
+    if bad_size:
+        p.append(bad_size)
+    if mode.max_width % 16:
+        p.append(f"max_width={mode.max_width} must be a multiple of 16")
     return p
 
 
@@ -340,6 +346,19 @@ MODES: dict[str, ModeConfig] = {
     ),
 }
 """The official presets. Values and where they come from: DESIGN.md §2-§3."""
+
+
+def clip_vision_problem(mode: ModeConfig, given: bool, how: str) -> str | None:
+    """The one rule for the CLIP-vision input: a mode whose DiT takes a CLIP-vision feature
+    (``mode.clip_vision``: the Wan2.1 I2V modes) needs an image encoder. None when satisfied,
+    else the sentence every front end shows, ending with ``how`` to fix it (the CLI's flag or
+    the node's input)."""
+    if mode.clip_vision and not given:
+        return (
+            f"mode {mode.name!r} runs Wan2.1 I2V 14B, which needs CLIP vision "
+            f"(clip_vision_h.safetensors): {how}"
+        )
+    return None
 
 
 def mode_names() -> list[str]:

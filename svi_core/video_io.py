@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import SVIError
 from .log import logger
 
 DEFAULT_CRF = 16
@@ -81,20 +82,95 @@ def write_segment(
     return path
 
 
+class VideoReadError(SVIError):
+    """A file cannot be decoded as a video (not a video, no video stream, truncated)."""
+
+
+_DECODE_ERRORS = (OSError, RuntimeError, ValueError, KeyError, StopIteration)
+"""What imageio-ffmpeg raises for a file ffmpeg cannot decode (its message holds ffmpeg's
+whole log, banner included)."""
+
+
+_FFMPEG_REASONS = (
+    ("moov atom not found", "no index (moov atom): the file is truncated"),
+    (
+        "does not contain any stream",
+        "no video stream it can decode: audio only, empty or truncated",
+    ),
+    ("invalid data found", "not a video file"),
+)
+
+
+def _ffmpeg_reason(exc: BaseException) -> str:
+    """One line saying why ffmpeg could not read a file (imageio-ffmpeg's error holds ffmpeg's
+    whole log, banner included)."""
+    text = str(exc)
+    low = text.lower()
+    for needle, reason in _FFMPEG_REASONS:
+        if needle in low:
+            return reason
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if "error" in line.lower():
+            return line
+    return lines[0] if lines else type(exc).__name__
+
+
+def _unreadable(path: Path, exc: BaseException) -> VideoReadError:
+    return VideoReadError(
+        f"{path} cannot be read as a video (ffmpeg: {_ffmpeg_reason(exc)}); pass a video file "
+        "with a video stream (e.g. an mp4 written by SVI)"
+    )
+
+
 def read_video_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """Decode a video file frame by frame: yields uint8 ``[H, W, 3]`` RGB arrays."""
+    """Decode a video file frame by frame: yields uint8 ``[H, W, 3]`` RGB arrays.
+
+    Raises:
+        FileNotFoundError: no such file. VideoReadError: ffmpeg cannot decode it (one line
+            naming the file and ffmpeg's reason).
+    """
     ff = _ffmpeg()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video {path} does not exist")
-    gen = ff.read_frames(str(path), pix_fmt="rgb24")
-    meta = next(gen)
-    w, h = meta["size"]
     try:
-        for raw in gen:
+        gen = ff.read_frames(str(path), pix_fmt="rgb24")
+        meta = next(gen)
+        w, h = (int(v) for v in meta["size"])
+    except _DECODE_ERRORS as e:
+        raise _unreadable(path, e) from None
+    try:
+        while True:
+            try:
+                raw = next(gen)
+            except StopIteration:
+                return
+            except _DECODE_ERRORS as e:
+                raise _unreadable(path, e) from None
             yield np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3)
     finally:
         gen.close()
+
+
+def video_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of a video file, from its header (no frame decoded).
+
+    Raises FileNotFoundError / VideoReadError like :func:`read_video_frames`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video {path} does not exist")
+    try:
+        gen = _ffmpeg().read_frames(str(path), pix_fmt="rgb24")
+        try:
+            meta = next(gen)
+        finally:
+            gen.close()
+        w, h = (int(v) for v in meta["size"])
+    except _DECODE_ERRORS as e:
+        raise _unreadable(path, e) from None
+    return h, w
 
 
 def read_last_frames(path: str | Path, count: int) -> np.ndarray:

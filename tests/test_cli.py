@@ -44,10 +44,8 @@ def inputs(tmp_path):
 
 
 def base_args(tmp_path, img, prompts, model="dit.safetensors"):
-    (tmp_path / model).write_bytes(b"x")
-    (tmp_path / "vae.safetensors").write_bytes(b"x")
-    (tmp_path / "clip.safetensors").write_bytes(b"x")
-    (tmp_path / "emb.safetensors").write_bytes(b"x")
+    for name in (model, "vae.safetensors", "clip.safetensors", "emb.safetensors"):
+        save_file({"x": torch.zeros(1)}, str(tmp_path / name))  # valid headers, no model
     return [
         "generate", "--model", str(tmp_path / model), "--vae", str(tmp_path / "vae.safetensors"),
         "--clip-vision", str(tmp_path / "clip.safetensors"),
@@ -60,9 +58,15 @@ def base_args(tmp_path, img, prompts, model="dit.safetensors"):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--frames", "80"], "frames per clip must be 4k \\+ 1.*try 77 or 81"),
+        (["--frames", "80"], "frames=80 per clip must be 4k \\+ 1.*try 77 or 81"),
         (["--width", "500", "--height", "480"], "width=500 \\(nearest valid: 496 or 512\\)"),
         (["--mode", "v2_pro", "--frames", "9", "--clips", "0"], "num_clips=0"),
+        # non-finite and absurd numbers: refused up front, naming the bound (issue 10 H)
+        (["--cfg", "nan"], "cfg=nan must be a finite number"),
+        (["--shift", "inf"], "shift=inf must be a finite number in \\[0.1, 100\\]"),
+        (["--fps", "nan"], "fps=nan must be a finite number in \\[1, 120\\]"),
+        (["--clips", "99999999999999999999"], "num_clips=99999999999999999999 must be an integer"),
+        (["--width", "160000", "--height", "160000"], "width=160000 \\(largest valid: 4096\\)"),
     ],
 )
 def test_bad_settings_refused(tmp_path, inputs, caplog, extra, message):
@@ -89,6 +93,33 @@ def test_bad_inputs_refused(tmp_path, inputs, caplog):
     i = args.index("--clip-vision")
     del args[i : i + 2]
     assert main(args) == 2 and "needs CLIP vision" in caplog.text
+
+
+def test_all_problems_of_a_run_are_reported_together(tmp_path, inputs, caplog):
+    """One run names every cheap problem at once (issue 10, 2): here the text encoder, the
+    width, the prompt file, the image and the cfg, in one error line."""
+    img, prompts = inputs
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image", encoding="utf-8")
+    args = base_args(tmp_path, broken, tmp_path / "missing_prompts.txt")
+    i = args.index("--text-embeddings")
+    del args[i : i + 2]
+    args += ["--width", "500", "--height", "480", "--cfg", "nan"]
+    caplog.clear()
+    assert main(args) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0]
+    text = errors[0]
+    assert text.startswith("error: 5 problems: (1) ")
+    for part in (
+        "cfg=nan",
+        "no text encoder",
+        "prompt file",
+        "width=500",
+        "cannot be read as an image",
+    ):
+        assert part in text, part
+    assert not (tmp_path / "out.run").exists()
 
 
 def test_lora_spec_parsing():
@@ -227,3 +258,17 @@ def test_report_and_demo_are_forwarded(monkeypatch):
     assert main(["report", "v.mp4", "--out", "d"]) == 0
     assert main(["demo", "--clips", "2"]) == 3
     assert seen == [("report", ["v.mp4", "--out", "d"]), ("demo", ["--clips", "2"])]
+
+
+def test_every_flag_of_demo_and_train_has_help_text():
+    """`demo --help` and `train --help` explain every flag (issue 10, 4)."""
+    from svi_core.toy.demo import build_parser as demo_parser
+    from train.cli import FIELD_HELP
+    from train.cli import build_parser as train_parser
+    from train.config import FIELD_NAMES
+
+    assert set(FIELD_HELP) == set(FIELD_NAMES)  # a new config field needs its help line
+    for parser in (demo_parser(), train_parser()):
+        for action in parser._actions:
+            assert action.help, action.option_strings
+    assert "(default: shot 1, film 5)" in train_parser().format_help()

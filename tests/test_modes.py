@@ -69,7 +69,7 @@ def test_unknown_name_and_field():
 
 
 def test_bad_override_is_refused():
-    with pytest.raises(SVIError, match="frames=80 must be 4k"):
+    with pytest.raises(SVIError, match="frames=80 per clip must be 4k"):
         get_mode("film", frames=80)
     with pytest.raises(SVIError, match="motion_frames"):
         get_mode("film", motion_frames=0)
@@ -80,3 +80,53 @@ def test_timestep_dtype_per_model_family():
     assert {get_mode(n).timestep_dtype for n in ("v2_w22", "v2_pro")} == {"bfloat16"}
     with pytest.raises(SVIError, match="timestep_dtype"):
         get_mode("film", timestep_dtype="float16")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "bound"),
+    [
+        ("cfg", float("nan"), "cfg=nan must be a finite number"),
+        ("cfg", float("inf"), "cfg=inf must be a finite number"),
+        ("cfg", 101.0, "cfg=101.0 must be in \\(0, 100\\]"),
+        ("shift", float("nan"), "shift=nan must be a finite number in \\[0.1, 100\\]"),
+        ("shift", float("-inf"), "shift=-inf"),
+        ("fps", float("nan"), "fps=nan must be a finite number in \\[1, 120\\]"),
+        ("steps", 10**6, "steps=1000000 must be an integer in \\[1, 1000\\]"),
+        ("frames", 2001, "frames=2001 per clip must be 4k \\+ 1 in \\[5, 1001\\].*try 1001"),
+        ("seed_base", -1, "seed_base=-1 must be an integer in \\[0, 18446744073709551615\\]"),
+        ("prompt_repeat", 10**9, "prompt_repeat=1000000000 must be an integer in \\[1, 1000\\]"),
+    ],
+)
+def test_non_finite_and_absurd_numbers_are_refused_naming_the_bound(field, value, bound):
+    with pytest.raises(SVIError, match=bound):
+        get_mode("film", **{field: value})
+
+
+def test_every_problem_of_a_mode_is_listed_at_once():
+    with pytest.raises(SVIError) as info:
+        get_mode("film", cfg=float("nan"), steps=0, frames=80)
+    text = str(info.value)
+    assert "cfg=nan" in text and "steps=0" in text and "frames=80" in text
+
+
+def test_run_settings_bounds():
+    from svi_core.loop import RunSettings
+
+    mode = get_mode("film", frames=9)
+    with pytest.raises(SVIError, match="num_clips=99999999999999999999 must be an integer in"):
+        RunSettings(mode, 32, 32, num_clips=99999999999999999999).validate()
+    with pytest.raises(SVIError, match="width=160000 \\(largest valid: 4096\\)"):
+        RunSettings(mode, 160000, 160000, num_clips=1).validate()
+    big_seed = get_mode("film", frames=9, seed_base=2**64 - 10)
+    with pytest.raises(SVIError, match="last clip's seed"):
+        RunSettings(big_seed, 32, 32, num_clips=2).validate()
+    RunSettings(big_seed, 32, 32, num_clips=1).validate()  # the seed itself fits
+
+
+def test_clip_vision_rule_is_one_sentence_for_every_front_end():
+    from svi_core.modes import clip_vision_problem
+
+    assert clip_vision_problem(get_mode("v2_pro"), False, "x") is None  # Wan2.2: no CLIP
+    assert clip_vision_problem(get_mode("film"), True, "x") is None
+    text = clip_vision_problem(get_mode("film"), False, "pass --clip-vision FILE")
+    assert "needs CLIP vision" in text and text.endswith("pass --clip-vision FILE")

@@ -380,10 +380,16 @@ def _load_context_file(config: TrainConfig, cache: FeatureCache) -> tuple[str, s
         return None
     from safetensors.torch import load_file
 
+    from svi_core.checkpoints import check_safetensors_header
+
     p = Path(config.context_file)
     if not p.is_file():
         raise SVIError(f"context_file '{p}' does not exist; pass a safetensors file with 'context'")
-    data = load_file(str(p))
+    check_safetensors_header(p, "context_file")  # a pickle or a truncated file: one clear error
+    try:
+        data = load_file(str(p))
+    except Exception as e:  # safetensors raises its own SafetensorError
+        raise SVIError(f"context_file '{p}' cannot be read ({type(e).__name__}: {e})") from None
     if "context" not in data or data["context"].ndim != 2:
         raise SVIError(
             f"context_file '{p}' must hold 'context' [L, D] (and optionally 'clip_fea' "
@@ -483,3 +489,46 @@ def all_gather_json(obj: object, world: int) -> list:
         json.loads(bytes(b[: int(n)].cpu().tolist()).decode())
         for b, n in zip(bufs, sizes, strict=True)
     ]
+
+
+_INPUT_FILES = (
+    "dit_path",
+    "vae_path",
+    "text_encoder_path",
+    "text_embeddings",
+    "clip_vision_path",
+    "context_file",
+)
+_ALWAYS_SAFETENSORS = ("text_embeddings", "context_file")
+
+
+def check_input_files(config: TrainConfig) -> None:
+    """Up-front checks of the model and context files a run will read, before the DiT or any
+    encoder loads: every path that is set exists, and the safetensors ones have a sound header
+    (not a pickle, not truncated: :func:`svi_core.checkpoints.check_safetensors_header`).
+
+    Raises:
+        SVIError: listing every bad file (config key, path, what is wrong).
+    """
+    from svi_core.checkpoints import SAFETENSORS_SUFFIXES, check_safetensors_header
+
+    problems: list[str] = []
+    for name in _INPUT_FILES:
+        value = getattr(config, name)
+        if not value:
+            continue
+        p = Path(value)
+        if not p.exists():
+            problems.append(f"{name} '{p}' does not exist")
+        elif p.is_file() and (
+            name in _ALWAYS_SAFETENSORS or p.suffix.lower() in SAFETENSORS_SUFFIXES
+        ):
+            try:
+                check_safetensors_header(p, name)
+            except SVIError as e:
+                problems.append(str(e))
+    if len(problems) == 1:
+        raise SVIError(problems[0])
+    if problems:
+        listed = "; ".join(f"({i}) {m}" for i, m in enumerate(problems, 1))
+        raise SVIError(f"{len(problems)} problems: {listed}")

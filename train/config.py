@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
+from svi_core import limits as L
 from svi_core.errors import SVIError
 from svi_core.wan_keys import SVI_LORA_TARGETS, official_to_diffusers
 
@@ -240,12 +241,44 @@ LATER_FIELDS: dict[str, Any] = {
 of the fingerprint at that value, so shot / film checkpoints of earlier versions still resume."""
 
 
+_FLOAT_RANGES: dict[str, tuple[float, float, str]] = {
+    "learning_rate": (1e-12, 1.0, "1e-4 official"),
+    "weight_decay": (0.0, 10.0, "0.01 official"),
+    "grad_clip": (0.0, 1e6, "1.0 official"),
+    "lora_alpha": (1e-6, 1e6, "= rank officially"),
+    "shift": (*L.SHIFT_RANGE, "5 official"),
+    "error_scale": (0.0, 100.0, "1 official"),
+}
+"""Bounds of the float settings (nan and inf are always refused)."""
+
+_INT_MAXIMA: dict[str, int] = {
+    "crop_jitter": 1000,
+    "augment_draws": 10_000,
+    "lora_rank": 4096,
+    "bank_cells": 1000,
+    "bank_capacity": 1_000_000,
+    "y_error_num": 1000,
+    "checkpoint_every": 10**9,
+    "train_timesteps": 100_000,
+    "log_every": 10**9,
+    "max_epochs": 10**6,
+    "pose_hidden": 4096,
+}
+"""Upper bounds of the integer settings that must be >= 1 (far above any real run)."""
+
+
 def _check(c: TrainConfig) -> list[str]:
     p: list[str] = []
-    if c.num_frames < 5 or (c.num_frames - 1) % 4:
-        p.append(f"num_frames={c.num_frames} must be 4k + 1 (e.g. 81)")
-    if c.height % 16 or c.width % 16 or c.height <= 0 or c.width <= 0:
-        p.append(f"height={c.height}, width={c.width} must be positive multiples of 16")
+    bad_frames = L.frames_problem(c.num_frames, name="num_frames")
+    if bad_frames:
+        p.append(bad_frames)
+    bad_size = L.size_problem(c.width, c.height)
+    if bad_size:
+        p.append(bad_size)
+    for name, (lo, hi, hint) in _FLOAT_RANGES.items():
+        problem = L.number_problem(name, getattr(c, name), lo, hi, hint=hint)
+        if problem:
+            p.append(problem)
     if not 1 <= c.num_motion_frames < c.num_frames:
         p.append(f"num_motion_frames={c.num_motion_frames} must be in [1, num_frames)")
     for name in (
@@ -262,25 +295,15 @@ def _check(c: TrainConfig) -> list[str]:
         v = getattr(c, name)
         if not 0.0 <= v <= 1.0:
             p.append(f"{name}={v} must be a probability in [0, 1]")
-    for name in (
-        "crop_jitter",
-        "augment_draws",
-        "lora_rank",
-        "pose_hidden",
-        "bank_cells",
-        "bank_capacity",
-        "y_error_num",
-        "checkpoint_every",
-        "train_timesteps",
-        "log_every",
-        "max_epochs",
-    ):
-        if getattr(c, name) < 1:
-            p.append(f"{name}={getattr(c, name)} must be >= 1")
-    if c.max_steps < 0:
-        p.append(f"max_steps={c.max_steps} must be >= 0 (0 = max_epochs x samples)")
-    if c.learning_rate <= 0:
-        p.append(f"learning_rate={c.learning_rate} must be > 0")
+    for name, hi in _INT_MAXIMA.items():
+        problem = L.number_problem(name, getattr(c, name), 1, hi, integer=True)
+        if problem:
+            p.append(problem)
+    bad_steps = L.number_problem(
+        "max_steps", c.max_steps, 0, 10**9, integer=True, hint="0 = max_epochs x samples"
+    )
+    if bad_steps:
+        p.append(bad_steps)
     if c.resume not in ("", "latest") and not c.resume.strip():
         p.append("resume must be '', 'latest' or a checkpoint folder")
     for name, allowed in _LITERALS.items():
@@ -293,6 +316,13 @@ def _check(c: TrainConfig) -> list[str]:
             f"export_name={c.export_name!r} must be a plain file name (it is written inside "
             "output_dir)"
         )
+    elif len(c.export_file.name.encode("utf-8")) > L.MAX_FILE_NAME:
+        p.append(
+            f"export_name is {len(c.export_name)} characters; the exported file name may have at "
+            f"most {L.MAX_FILE_NAME} bytes with its .safetensors suffix (file systems stop at 255)"
+        )
+    elif any(ord(ch) < 32 for ch in c.export_name):
+        p.append(f"export_name={c.export_name!r} must not hold control characters")
     if c.audio_dropout and c.mode != "talk":
         p.append(f"audio_dropout={c.audio_dropout} needs mode 'talk' (there is no audio)")
     if (c.pose_dropout or c.pose_hidden != 16) and c.mode != "dance":

@@ -176,7 +176,7 @@ def shot() -> dict[str, Any]:
 
 def film() -> dict[str, Any]:
     prompts = (
-        "# One prompt per paragraph; clip k uses prompt k (cycling).\n"
+        "# One prompt per line; clip k uses prompt k (cycling).\n"
         "A woman walks along a beach at sunset, waves rolling in, warm light.\n\n"
         "She stops and looks at the sea, the wind moving her hair.\n\n"
         "She turns around and walks back towards the camera, smiling.\n\n"
