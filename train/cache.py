@@ -498,6 +498,9 @@ _INPUT_FILES = (
     "text_embeddings",
     "clip_vision_path",
     "context_file",
+    "multitalk_path",
+    "wav2vec_path",
+    "init_lora",
 )
 _ALWAYS_SAFETENSORS = ("text_embeddings", "context_file")
 
