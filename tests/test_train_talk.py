@@ -132,13 +132,13 @@ def test_talk_preset_is_the_official_recipe():
     assert c.export_file.name == "svi-talk-erft.safetensors"
     # the fields the talk preset added leave the shot fingerprint as it was computed before
     from svi_core.run_store import sha256_json
-    from train.config import LATER_FIELDS, RUN_ONLY_FIELDS
+    from train.config import ADDED_FIELDS, RUN_ONLY_FIELDS
 
     shot = preset("shot")
     old = {
         k: v
         for k, v in shot.to_dict().items()
-        if k not in RUN_ONLY_FIELDS and k not in LATER_FIELDS
+        if k not in RUN_ONLY_FIELDS and k not in ADDED_FIELDS
     }
     assert shot.fingerprint() == sha256_json(old)[:16]
     assert preset("talk").fingerprint() != preset("talk", audio_dropout=0.2).fingerprint()

@@ -249,7 +249,7 @@ def sample_rng(config: TrainConfig, item: VideoItem, draw: int) -> random.Random
 
 
 def manifest_path(config: TrainConfig, items: list[VideoItem], encoders_id: str) -> Path:
-    from .config import LATER_FIELDS
+    from .config import ADDED_FIELDS
 
     files = []
     for it in items:
@@ -262,7 +262,7 @@ def manifest_path(config: TrainConfig, items: list[VideoItem], encoders_id: str)
         files.append(entry)
     fields = {f: getattr(config, f) for f in _DATA_FIELDS}
     for f in _LATER_DATA_FIELDS:
-        if getattr(config, f) != LATER_FIELDS[f]:
+        if getattr(config, f) != ADDED_FIELDS[f]:
             fields[f] = getattr(config, f)
     data = {
         "data": fields,

@@ -197,7 +197,7 @@ class TrainConfig:
         d = {
             k: v
             for k, v in self.to_dict().items()
-            if k not in RUN_ONLY_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
+            if k not in RUN_ONLY_FIELDS and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])
         }
         return sha256_json(d)[:16]
 
@@ -228,7 +228,7 @@ RUN_ONLY_FIELDS = frozenset(
 """Fields a resumed run may change (model paths too: the same weights may move; ``init_lora``
 only matters before the first checkpoint)."""
 
-LATER_FIELDS: dict[str, Any] = {
+ADDED_FIELDS: dict[str, Any] = {
     "fixed_caption": "",
     "center_square": False,
     "resize": "crop",
