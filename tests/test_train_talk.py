@@ -346,6 +346,13 @@ def test_bad_talk_input(kit, tmp_path: Path, caplog):
     save_file({"blocks.0.self_attn.q.lora_A.weight": torch.zeros(2, 2)}, str(not_mt))
     with pytest.raises(SVIError, match="not a MultiTalk file"):
         train(_cfg(root, mt, "x", multitalk_path=str(not_mt)), TrainModels(encoders=enc))
+    from train.tiny import tiny_multitalk_file
+
+    wide = tiny_multitalk_file(tmp_path / "wide.safetensors", dim=64, num_layers=1, num_heads=4)
+    cfg = _cfg(root, mt, "wide", multitalk_path=str(wide), cache_dir=str(tmp_path / "cw"))
+    with pytest.raises(SVIError, match="width 64"):
+        train(cfg, TrainModels(transformer=tiny_transformer(num_layers=1), encoders=enc))
+    assert not (tmp_path / "cw").exists()  # refused before any encoding
     # a 30 fps video and a silent one are skipped with the reason; nothing readable: refused
     bad = tmp_path / "bad"
     write_video_with_audio(bad / "fast.mp4", moving_frames(36, 32, 48), speech_like(1.2), fps=30)
@@ -393,3 +400,43 @@ def test_feature_files_official_layout(kit, tmp_path: Path):
     save_file({"features": feats.transpose(0, 1).contiguous()}, str(f))
     assert torch.equal(read_feature_file(f), feats.transpose(0, 1))
     random.seed(0)
+
+
+FIXTURES = Path("/work/shared/fixtures")
+
+
+@pytest.mark.skipif(not (FIXTURES / "wan21_i2v_dit").is_dir(), reason="shared fixtures absent")
+def test_cli_talk_with_model_files(kit, tmp_path: Path):
+    """`python -m train --preset talk` loads an official-layout DiT, VAE, MultiTalk file and a
+    local wav2vec2 folder through svi_core's loaders (text / CLIP from a context file)."""
+    from safetensors.torch import save_file
+
+    from svi_core.lora import load_lora
+    from train.cli import main
+    from train.tiny import tiny_multitalk_file
+
+    root, _enc, _mt = kit
+    mt = tiny_multitalk_file(tmp_path / "multitalk.safetensors", dim=64, num_layers=2, num_heads=4)
+    ctx = tmp_path / "ctx.safetensors"
+    g = torch.Generator().manual_seed(0)
+    context = torch.zeros(512, 32)
+    context[:5] = torch.randn(5, 32, generator=g)
+    save_file({"context": context, "clip_fea": torch.randn(257, 96, generator=g)}, str(ctx))
+    args = [
+        "--preset", "talk", "--dataset", str(root / "ds"), "--output_dir", str(tmp_path / "out"),
+        "--dit_path", str(FIXTURES / "wan21_i2v_dit" / "model.safetensors"),
+        "--vae_path", str(FIXTURES / "wan21_vae" / "model.safetensors"),
+        "--context_file", str(ctx), "--multitalk_path", str(mt),
+        "--wav2vec_path", str(root / "w2v"), "--num_frames", "5", "--height", "32",
+        "--width", "48", "--augment_draws", "1", "--lora_rank", "4", "--lora_alpha", "4",
+        "--precision", "fp32", "--max_steps", "2",
+    ]  # fmt: skip
+    assert main(args) == 0
+    lora = load_lora(tmp_path / "out" / "svi-talk-erft.safetensors")
+    assert len(lora) == 2 * 10 and lora.rank == 4
+    assert len(list((tmp_path / "out" / "cache" / "audio").glob("*.safetensors"))) == 2
+    # a MultiTalk file for another width is refused before training
+    wrong = tiny_multitalk_file(tmp_path / "wrong.safetensors", dim=32, num_layers=2, num_heads=2)
+    args[args.index(str(mt))] = str(wrong)
+    assert main(args + ["--output_dir", str(tmp_path / "out2")]) == 2
+    assert not (tmp_path / "out2" / "cache").exists()  # refused before any encoding

@@ -4,7 +4,7 @@
 for shot / film (no extra condition), :class:`train.talk.TalkFamily`,
 :class:`train.dance.DanceFamily`. The loop calls, in this order:
 
-1. ``check(config)`` when training starts (files the preset needs, before any long work);
+1. ``check(config, transformer)`` when training starts (files the preset needs, before any long work);
 2. ``list_items(config)``: the dataset's videos (and their audio / pose files);
 3. ``attach(model, config)`` after the LoRA is injected: frozen or trainable modules registered
    on the DiT, with a forward pre-hook that pops the family's keyword argument (so the extra
@@ -64,8 +64,9 @@ class ConditionFamily:
 
     name = "plain"
 
-    def check(self, config: TrainConfig) -> None:
-        """Refuse missing / unreadable files the preset needs (before any long work)."""
+    def check(self, config: TrainConfig, transformer: torch.nn.Module | None = None) -> None:
+        """Refuse missing / unreadable files the preset needs (before any long work);
+        ``transformer``: the DiT when handed in (:class:`train.loop.TrainModels`)."""
         if config.init_lora and not Path(config.init_lora).is_file():
             raise SVIError(
                 f"init_lora '{config.init_lora}' does not exist; pass a LoRA file "

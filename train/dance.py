@@ -178,8 +178,8 @@ class DanceFamily(ConditionFamily):
 
     name = "dance"
 
-    def check(self, config: TrainConfig) -> None:
-        super().check(config)
+    def check(self, config: TrainConfig, transformer: torch.nn.Module | None = None) -> None:
+        super().check(config, transformer)
         if config.init_lora:
             from svi_core.pose import split_dance_state_dict
 

@@ -91,7 +91,7 @@ def train(config: TrainConfig, models: TrainModels | None = None) -> Path:
     """Train a LoRA with ERFT (or plain, ``erft_enabled=False``); returns the exported file."""
     models = models or TrainModels()
     family = family_for(config)  # talk / dance: the extra condition (train.conditions)
-    family.check(config)
+    family.check(config, models.transformer)
     # ---- 0. processes ---------------------------------------------------------------------
     rank, world, device = _setup_distributed()
     is_main = rank == 0

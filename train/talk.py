@@ -232,13 +232,62 @@ def wav2vec2_encoder(path: str) -> tuple[Callable[[np.ndarray], torch.Tensor], s
 # ============================================================================================
 
 
+def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from safetensors headers only (a file, a sharded ``.index.json`` or a folder
+    holding one); ``{}`` for other formats (checked later, when loaded)."""
+    import json
+
+    from safetensors import safe_open
+
+    if path.is_dir():
+        found = sorted(path.glob("*.safetensors.index.json")) or sorted(path.glob("*.safetensors"))
+        if not found:
+            return {}
+        path = found[0]
+    files: list[Path]
+    if path.name.endswith(".index.json"):
+        try:
+            weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError):
+            return {}
+        files = [path.parent / name for name in sorted(set(weight_map.values()))]
+    elif path.suffix == ".safetensors":
+        files = [path]
+    else:
+        return {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for k in f.keys():
+                    shapes[k] = tuple(f.get_slice(k).get_shape())
+        except Exception:  # unreadable here: the loader reports it with its own message
+            return {}
+    return shapes
+
+
+def _dims(shapes: dict[str, tuple[int, ...]], block_pattern: str) -> tuple[int, int]:
+    """(output width of block 0's matched weight, number of blocks) or zeros when absent."""
+    import re
+
+    rx = re.compile(r"(?:^|\.)" + block_pattern + r"\.weight$")
+    blocks: dict[int, int] = {}
+    for k, shape in shapes.items():
+        m = rx.search(k)
+        if m:
+            blocks[int(m.group(1))] = int(shape[0])
+    if not blocks:
+        return 0, 0
+    return blocks.get(0, next(iter(blocks.values()))), len(blocks)
+
+
 class TalkFamily(ConditionFamily):
     """The audio condition of SVI-Talk (see the module docstring)."""
 
     name = "talk"
 
-    def check(self, config: TrainConfig) -> None:
-        super().check(config)
+    def check(self, config: TrainConfig, transformer: torch.nn.Module | None = None) -> None:
+        super().check(config, transformer)
         if not config.multitalk_path:
             raise SVIError(
                 "mode talk needs `multitalk_path`: MeiGen-MultiTalk's multitalk.safetensors (the "
@@ -260,8 +309,35 @@ class TalkFamily(ConditionFamily):
                     f"multitalk_path '{p}' is not a MultiTalk file (no audio_proj.proj1.weight); "
                     "use MeiGen-AI/MeiGen-MultiTalk's multitalk.safetensors"
                 )
+            self._check_fits(p, config, transformer)
         if config.wav2vec_path and not Path(config.wav2vec_path).exists():
             raise SVIError(f"wav2vec_path '{config.wav2vec_path}' does not exist")
+
+    @staticmethod
+    def _check_fits(mt: Path, config: TrainConfig, transformer: torch.nn.Module | None) -> None:
+        """Width and block count of the MultiTalk file vs the DiT, from the files' headers (or
+        the DiT handed in), so a file for another model size is refused before any work."""
+        mt_dim, mt_blocks = _dims(_header_shapes(mt), r"blocks\.(\d+)\.audio_cross_attn\.q_linear")
+        if transformer is not None:
+            c = transformer.config
+            dit_dim = int(c.num_attention_heads) * int(c.attention_head_dim)
+            dit_blocks, dit_src = len(transformer.blocks), "the DiT"
+        elif config.dit_path:
+            shapes = _header_shapes(Path(config.dit_path))
+            dit_dim, dit_blocks = _dims(shapes, r"blocks\.(\d+)\.(?:self_attn\.q|attn1\.to_q)")
+            dit_src = f"dit_path '{config.dit_path}'"
+        else:
+            return
+        if mt_dim and dit_dim and mt_dim != dit_dim:
+            raise SVIError(
+                f"multitalk_path '{mt}' is for a DiT of width {mt_dim}, but {dit_src} has width "
+                f"{dit_dim}; SVI-Talk needs Wan2.1-I2V-14B (5120) with MeiGen-MultiTalk's file"
+            )
+        if mt_blocks and dit_blocks and mt_blocks < dit_blocks:
+            raise SVIError(
+                f"multitalk_path '{mt}' has audio layers for {mt_blocks} blocks, {dit_src} has "
+                f"{dit_blocks}; use the MultiTalk file made for this DiT"
+            )
 
     def list_items(self, config: TrainConfig) -> list[VideoItem]:
         return list_talk_videos(config)

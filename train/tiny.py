@@ -157,23 +157,36 @@ def tiny_multitalk(
 ) -> Path:
     """Write random MultiTalk audio modules for ``transformer`` (one audio block per DiT block,
     4 audio tokens of width 16 per latent frame) under the official key names."""
+    cfg = transformer.config
+    heads = int(cfg.num_attention_heads)
+    dim = heads * int(cfg.attention_head_dim)
+    return tiny_multitalk_file(path, dim, len(transformer.blocks), heads, seed, feature_width)
+
+
+def tiny_multitalk_file(
+    path: str | Path,
+    dim: int,
+    num_layers: int,
+    num_heads: int,
+    seed: int = 0,
+    feature_width: int = TINY_W2V_LAYERS * TINY_W2V_HIDDEN,
+) -> Path:
+    """:func:`tiny_multitalk` for a DiT given by its width, blocks and heads."""
     from safetensors.torch import save_file
 
     from svi_core.standalone.multitalk import MultiTalkAudioModules
     from svi_core.talk.multitalk_file import MultiTalkConfig
 
-    cfg = transformer.config
-    dim = int(cfg.num_attention_heads) * int(cfg.attention_head_dim)
     mt = MultiTalkConfig(
         dim=dim,
-        num_layers=len(transformer.blocks),
+        num_layers=num_layers,
         intermediate_dim=8,
         token_dim=16,
         context_tokens=4,
         feature_width=feature_width,
     )
     torch.manual_seed(seed)
-    modules = MultiTalkAudioModules(mt, num_heads=int(cfg.num_attention_heads))
+    modules = MultiTalkAudioModules(mt, num_heads=num_heads)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in modules.state_dict().items()}, str(p))
