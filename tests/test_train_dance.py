@@ -371,7 +371,9 @@ def test_init_lora_from_a_unianimate_style_checkpoint(kit, tmp_path: Path):
         elif key.startswith("dwpose_embedding."):
             assert torch.equal(params["svi_pose_embedding." + key[17:]], v), key
     # refusals: another rank, another pose width, Python objects in the file
-    with pytest.raises(SVIError, match="lora_rank"):
+    with pytest.raises(SVIError, match="lora_rank"):  # at the start, before any work
+        fam.check(c.replace(lora_rank=8))
+    with pytest.raises(SVIError, match="lora_rank"):  # and at init
         m2 = add_lora(tiny_transformer(num_layers=1), c.replace(lora_rank=8))
         fam.attach(m2, c.replace(lora_rank=8))
         fam.init_weights(m2, c.replace(lora_rank=8))
@@ -383,10 +385,13 @@ def test_init_lora_from_a_unianimate_style_checkpoint(kit, tmp_path: Path):
     wide["dwpose_embedding.12.weight"] = torch.zeros(64, 4, 1, 2, 2)
     wide["dwpose_embedding.12.bias"] = torch.zeros(64)
     save_file({k: v.contiguous() for k, v in wide.items()}, str(tmp_path / "wide.safetensors"))
+    c_wide = c.replace(init_lora=str(tmp_path / "wide.safetensors"))
+    with pytest.raises(SVIError, match="64 wide"):  # at the start, with the DiT handed in
+        fam.check(c_wide, tiny_transformer(num_layers=1))
     m3 = add_lora(tiny_transformer(num_layers=1), c)
     fam.attach(m3, c)
     with pytest.raises(SVIError, match="64 wide"):
-        fam.init_weights(m3, c.replace(init_lora=str(tmp_path / "wide.safetensors")))
+        fam.init_weights(m3, c_wide)
 
 
 @pytest.mark.slow

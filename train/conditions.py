@@ -91,7 +91,7 @@ class ConditionFamily:
     def step_condition(
         self, sample: Any, config: TrainConfig, rng: random.Random, device: torch.device
     ) -> StepCondition:
-        return StepCondition(null_image=_draw(rng, config.image_dropout))
+        return StepCondition(null_image=chance(rng, config.image_dropout))
 
     def export(
         self, state: Mapping[str, torch.Tensor], config: TrainConfig, metadata: dict[str, str]
@@ -131,7 +131,7 @@ def derived_seed(seed: int, purpose: str) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def _draw(rng: random.Random, p: float) -> bool:
+def chance(rng: random.Random, p: float) -> bool:
     """One uniform draw (always consumed, so later draws do not depend on ``p``)."""
     return rng.random() < p
 
@@ -229,3 +229,57 @@ def load_init_lora(
             total,
         )
     return loaded
+
+
+# ============================================================================================
+# file headers (checks before any model loads)
+# ============================================================================================
+
+
+def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from safetensors headers only (a file, a sharded ``.index.json`` or a folder
+    holding one); ``{}`` for other formats (checked later, when loaded)."""
+    import json
+
+    from safetensors import safe_open
+
+    if path.is_dir():
+        found = sorted(path.glob("*.safetensors.index.json")) or sorted(path.glob("*.safetensors"))
+        if not found:
+            return {}
+        path = found[0]
+    files: list[Path]
+    if path.name.endswith(".index.json"):
+        try:
+            weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError):
+            return {}
+        files = [path.parent / name for name in sorted(set(weight_map.values()))]
+    elif path.suffix == ".safetensors":
+        files = [path]
+    else:
+        return {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for k in f.keys():
+                    shapes[k] = tuple(f.get_slice(k).get_shape())
+        except Exception:  # unreadable here: the loader reports it with its own message
+            return {}
+    return shapes
+
+
+def block_dims(shapes: dict[str, tuple[int, ...]], block_pattern: str) -> tuple[int, int]:
+    """(output width of block 0's matched weight, number of blocks) or zeros when absent."""
+    import re
+
+    rx = re.compile(r"(?:^|\.)" + block_pattern + r"\.weight$")
+    blocks: dict[int, int] = {}
+    for k, shape in shapes.items():
+        m = rx.search(k)
+        if m:
+            blocks[int(m.group(1))] = int(shape[0])
+    if not blocks:
+        return 0, 0
+    return blocks.get(0, next(iter(blocks.values()))), len(blocks)

@@ -59,8 +59,9 @@ from svi_core.log import logger
 from .conditions import (
     ConditionFamily,
     StepCondition,
-    _draw,
+    chance,
     derived_seed,
+    header_shapes,
     load_init_lora,
     lora_only,
     read_init_file,
@@ -168,6 +169,19 @@ def unpack_pose_frames(data: dict[str, torch.Tensor]) -> torch.Tensor:
 # ============================================================================================
 
 
+def _dit_width(config: TrainConfig, transformer: torch.nn.Module | None) -> int:
+    """The DiT width from the model handed in or the DiT file's header (0 = unknown here)."""
+    if transformer is not None:
+        conv = getattr(transformer, "patch_embedding", None)
+        return int(conv.out_channels) if isinstance(conv, torch.nn.Conv3d) else 0
+    if not config.dit_path:
+        return 0
+    for k, shape in header_shapes(Path(config.dit_path)).items():
+        if k.endswith("patch_embedding.weight"):
+            return int(shape[0])
+    return 0
+
+
 def pose_module(model: torch.nn.Module) -> torch.nn.Module:
     """The trainable pose embedding attached to ``model`` (DDP-wrapped or not)."""
     return getattr(getattr(model, "module", model), MODULE_NAME)
@@ -181,9 +195,24 @@ class DanceFamily(ConditionFamily):
     def check(self, config: TrainConfig, transformer: torch.nn.Module | None = None) -> None:
         super().check(config, transformer)
         if config.init_lora:
+            from svi_core.lora import normalise_lora_keys
             from svi_core.pose import split_dance_state_dict
 
-            _lora, pose = split_dance_state_dict(read_init_file(config.init_lora), config.init_lora)
+            src = config.init_lora
+            lora_sd, pose = split_dance_state_dict(read_init_file(src), src)
+            rank = normalise_lora_keys(lora_sd, src).rank if lora_sd else config.lora_rank
+            if rank != config.lora_rank:
+                raise SVIError(
+                    f"init_lora '{src}' has rank {rank} but lora_rank is {config.lora_rank}; "
+                    f"set --lora_rank {rank} to start from this file"
+                )
+            width = _dit_width(config, transformer)
+            if pose and "12.weight" in pose and width and int(pose["12.weight"].shape[0]) != width:
+                raise SVIError(
+                    f"init_lora '{src}': its pose embedding is {int(pose['12.weight'].shape[0])} "
+                    f"wide, the DiT {width}; use the file made for this DiT (UniAnimate-DiT / "
+                    "svi-dance are for Wan2.1-I2V-14B, width 5120)"
+                )
             if not pose:
                 logger.warning(
                     "init_lora '%s' has no dwpose_embedding tensors: the pose embedding starts "
@@ -265,11 +294,11 @@ class DanceFamily(ConditionFamily):
     ) -> StepCondition:
         from svi_core.pose import pose_embedding_input
 
-        dropped = _draw(rng, config.pose_dropout)
+        dropped = chance(rng, config.pose_dropout)
         x = pose_embedding_input(sample.pose).to(device)
         return StepCondition(
             kwargs={"svi_pose": (x, 0.0 if dropped else 1.0)},
-            null_image=_draw(rng, config.image_dropout),
+            null_image=chance(rng, config.image_dropout),
             dropped=dropped,
         )
 

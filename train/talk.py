@@ -54,7 +54,7 @@ import torch
 from svi_core.errors import SVIError
 from svi_core.log import logger
 
-from .conditions import ConditionFamily, StepCondition, _draw
+from .conditions import ConditionFamily, StepCondition, block_dims, chance, header_shapes
 from .config import TrainConfig
 from .data import VideoItem, VideoReadError, list_videos
 
@@ -232,55 +232,6 @@ def wav2vec2_encoder(path: str) -> tuple[Callable[[np.ndarray], torch.Tensor], s
 # ============================================================================================
 
 
-def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes from safetensors headers only (a file, a sharded ``.index.json`` or a folder
-    holding one); ``{}`` for other formats (checked later, when loaded)."""
-    import json
-
-    from safetensors import safe_open
-
-    if path.is_dir():
-        found = sorted(path.glob("*.safetensors.index.json")) or sorted(path.glob("*.safetensors"))
-        if not found:
-            return {}
-        path = found[0]
-    files: list[Path]
-    if path.name.endswith(".index.json"):
-        try:
-            weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError):
-            return {}
-        files = [path.parent / name for name in sorted(set(weight_map.values()))]
-    elif path.suffix == ".safetensors":
-        files = [path]
-    else:
-        return {}
-    shapes: dict[str, tuple[int, ...]] = {}
-    for file in files:
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                for k in f.keys():
-                    shapes[k] = tuple(f.get_slice(k).get_shape())
-        except Exception:  # unreadable here: the loader reports it with its own message
-            return {}
-    return shapes
-
-
-def _dims(shapes: dict[str, tuple[int, ...]], block_pattern: str) -> tuple[int, int]:
-    """(output width of block 0's matched weight, number of blocks) or zeros when absent."""
-    import re
-
-    rx = re.compile(r"(?:^|\.)" + block_pattern + r"\.weight$")
-    blocks: dict[int, int] = {}
-    for k, shape in shapes.items():
-        m = rx.search(k)
-        if m:
-            blocks[int(m.group(1))] = int(shape[0])
-    if not blocks:
-        return 0, 0
-    return blocks.get(0, next(iter(blocks.values()))), len(blocks)
-
-
 class TalkFamily(ConditionFamily):
     """The audio condition of SVI-Talk (see the module docstring)."""
 
@@ -317,14 +268,16 @@ class TalkFamily(ConditionFamily):
     def _check_fits(mt: Path, config: TrainConfig, transformer: torch.nn.Module | None) -> None:
         """Width and block count of the MultiTalk file vs the DiT, from the files' headers (or
         the DiT handed in), so a file for another model size is refused before any work."""
-        mt_dim, mt_blocks = _dims(_header_shapes(mt), r"blocks\.(\d+)\.audio_cross_attn\.q_linear")
+        mt_dim, mt_blocks = block_dims(
+            header_shapes(mt), r"blocks\.(\d+)\.audio_cross_attn\.q_linear"
+        )
         if transformer is not None:
             c = transformer.config
             dit_dim = int(c.num_attention_heads) * int(c.attention_head_dim)
             dit_blocks, dit_src = len(transformer.blocks), "the DiT"
         elif config.dit_path:
-            shapes = _header_shapes(Path(config.dit_path))
-            dit_dim, dit_blocks = _dims(shapes, r"blocks\.(\d+)\.(?:self_attn\.q|attn1\.to_q)")
+            shapes = header_shapes(Path(config.dit_path))
+            dit_dim, dit_blocks = block_dims(shapes, r"blocks\.(\d+)\.(?:self_attn\.q|attn1\.to_q)")
             dit_src = f"dit_path '{config.dit_path}'"
         else:
             return
@@ -376,12 +329,12 @@ class TalkFamily(ConditionFamily):
         self, sample: Any, config: TrainConfig, rng: random.Random, device: torch.device
     ) -> StepCondition:
         first, latter = sample.audio
-        dropped = _draw(rng, config.audio_dropout)
+        dropped = chance(rng, config.audio_dropout)
         if dropped:  # official: both windows zeroed (train_svi_talk.py:969-973)
             first, latter = torch.zeros_like(first), torch.zeros_like(latter)
         return StepCondition(
             kwargs={"svi_audio": (first.to(device), latter.to(device))},
-            null_image=_draw(rng, config.image_dropout),
+            null_image=chance(rng, config.image_dropout),
             dropped=dropped,
         )
 
