@@ -9,6 +9,7 @@ from .drift import SVIDriftReport
 from .loaders import SVILoraLoader, SVIModelLoader
 from .prompts import SVIPromptStream
 from .sampler import SVIInfiniteSampler
+from .talk import SVITalkAudio
 from .toy import SVIToyModels
 
 NODE_CLASSES: list[type[io.ComfyNode]] = [
@@ -19,6 +20,7 @@ NODE_CLASSES: list[type[io.ComfyNode]] = [
     SVIClipConditioning,
     SVIDriftReport,
     SVIToyModels,
+    SVITalkAudio,
 ]
 
 

@@ -29,9 +29,11 @@ from .backend import ComfyBackend
 from .checks import EXISTING_RUN, check_models, model_fingerprint, pick_run
 from .convert import reference_from_image, run_video
 from .prompts import EncodedPrompts, SVIPrompts
+from .talk import SVICondition, check_talk_inputs
 
 
 def _settings(kwargs: dict[str, Any], prompts: EncodedPrompts, image: torch.Tensor):
+    cond = kwargs.get("condition")  # a per-clip condition node (SVI Talk Audio)
     mode = get_mode(
         kwargs["mode"],
         frames=kwargs["frames"],
@@ -48,11 +50,13 @@ def _settings(kwargs: dict[str, Any], prompts: EncodedPrompts, image: torch.Tens
             if get_mode(kwargs["mode"]).boundary and kwargs.get("boundary") is not None
             else {}
         ),
+        **(dict(cond.mode_overrides) if cond is not None else {}),
     )
     width, height = kwargs["width"], kwargs["height"]
     if width == 0 or height == 0:
         width, height = reference_size(mode, int(image.shape[2]), int(image.shape[1]))
-    clips = kwargs["clips"] or mode.clip_count(len(prompts.texts))
+    frames = cond.feature_frames if cond is not None else None
+    clips = kwargs["clips"] or mode.clip_count(len(prompts.texts), frames)
     return RunSettings(mode=mode, width=width, height=height, num_clips=clips)
 
 
@@ -70,12 +74,16 @@ def _inputs(kw: dict[str, Any], prompts: EncodedPrompts, reference: torch.Tensor
     }
     if kw.get("low_noise_model") is not None:
         fingerprints["low_noise_model"] = model_fingerprint(kw["low_noise_model"])
+    cond = kw.get("condition")
+    if cond is not None:
+        fingerprints.update(cond.fingerprints)
     return LoopInputs(
         reference=reference,
         prompts=list(prompts.positives),
         negative=negative,
         fingerprints=fingerprints,
         prompt_keys=[sha256_json(t) for t in prompts.texts],
+        conditions=(cond.condition,) if cond is not None else (),
     )
 
 
@@ -231,6 +239,11 @@ class SVIInfiniteSampler(io.ComfyNode):
                     optional=True,
                     tooltip="Wan2.1 modes: CLIP vision H (clip_vision_h.safetensors); unused on Wan2.2.",
                 ),
+                SVICondition.Input(
+                    "condition",
+                    optional=True,
+                    tooltip="Mode talk: the speech from SVI Talk Audio (MultiTalk patch + wav2vec2).",
+                ),
             ],
             outputs=[
                 io.Video.Output(
@@ -260,6 +273,7 @@ class SVIInfiniteSampler(io.ComfyNode):
         settings.validate()
         mode = settings.mode
         check_models(mode, kw["model"], kw.get("low_noise_model"), kw.get("clip_vision"))
+        check_talk_inputs(mode, kw.get("condition"), kw["model"])
         reference = reference_from_image(image, settings.width, settings.height)
         inputs = _inputs(kw, prompts, reference, mode)
         run = prepare_run(settings, inputs)
@@ -280,6 +294,7 @@ class SVIInfiniteSampler(io.ComfyNode):
             low_noise_model=kw.get("low_noise_model"),
             sampler_name=kw["sampler_name"],
             scheduler=kw["scheduler"],
+            extras=dict(kw["condition"].extras) if kw.get("condition") is not None else None,
         )
         video_path = run_video(run_dir)
         try:

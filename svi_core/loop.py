@@ -464,6 +464,24 @@ def _last_outputs(store: RunStore, mode: ModeConfig, n: int) -> tuple[torch.Tens
     return state["latent"].float(), last
 
 
+VIDEO_ONLY = "video_only.mp4"
+"""The video-only join kept in the run directory when a condition finishes the video itself."""
+
+
+def _join(store: RunStore, output: str | Path, n: int, run: PreparedRun, maker: _ClipMaker) -> Path:
+    """Join the first ``n`` clips into ``output``. A per-clip condition with a
+    ``finish_video(video, output, n, settings, run_dir) -> Path`` step (SVI-Talk muxes the speech)
+    gets the video-only join, kept in the run directory as ``VIDEO_ONLY`` (the segments stay the
+    resumable truth), and writes ``output`` from it."""
+    s = run.settings
+    finishers = [c for c in run.inputs.conditions if hasattr(c, "finish_video")]
+    target = store.root / VIDEO_ONLY if finishers else Path(output)
+    video = store.build_video(target, n, fps=s.mode.fps, crf=s.crf, repair=maker.repair(store))
+    for condition in finishers:
+        video = condition.finish_video(video, Path(output), n, s, store.root)
+    return video
+
+
 def run_clips(
     backend: Backend,
     settings: RunSettings,
@@ -555,9 +573,7 @@ def run_clips(
             logger.info("cancelled after %d finished clips; rerun to resume", store.clips_done)
             if output is not None and store.clips_done > 0:
                 n = min(store.clips_done, settings.num_clips)
-                store.build_video(
-                    output, n, fps=mode.fps, crf=settings.crf, repair=maker.repair(store)
-                )
+                _join(store, output, n, run, maker)
         finally:
             store.close()
         raise
@@ -572,9 +588,7 @@ def run_clips(
         n = min(store.clips_done, settings.num_clips)
         video = None
         if output is not None:
-            video = store.build_video(
-                output, n, fps=mode.fps, crf=settings.crf, repair=maker.repair(store)
-            )
+            video = _join(store, output, n, run, maker)
         last_latent, last_frames = _last_outputs(store, mode, n)
         result = RunResult(
             run_dir=store.root,

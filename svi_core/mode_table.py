@@ -70,6 +70,8 @@ def _prompts(m: ModeConfig) -> str:
 
 
 def _clips(m: ModeConfig) -> str:
+    if m.clip_count_rule == "audio":
+        return f"cover the audio (official {m.default_clips})"
     if m.clip_count_rule == "fixed" or m.prompt_policy == "first":
         return str(m.default_clips)
     per = "#prompts" if m.prompt_repeat == 1 else f"{m.prompt_repeat} x #prompts"

@@ -37,9 +37,11 @@ PromptPolicy = Literal["first", "cycle", "hold"]
 """``first``: every clip uses prompts[0]. ``cycle``: prompts[(k // repeat) % len].
 ``hold``: prompts[min(k // repeat, len - 1)] (the last prompt is held)."""
 
-ClipCountRule = Literal["fixed", "min_prompts"]
+ClipCountRule = Literal["fixed", "min_prompts", "audio"]
 """``fixed``: ``default_clips``. ``min_prompts``: ``min(default_clips, len(prompts) * repeat)``
-(the official Wan2.1 script's rule when the prompt stream is used)."""
+(the official Wan2.1 script's rule when the prompt stream is used). ``audio`` (SVI-Talk): the
+fewest clips that cover the speech (:func:`svi_core.talk.clips_for_audio`; not an official
+rule: the official script always makes ``default_clips`` = 50)."""
 
 ResizeRule = Literal["fit_width", "fixed"]
 """``fit_width``: keep the image size if width <= ``max_width`` else scale to that width, floor
@@ -68,7 +70,8 @@ class ModeConfig:
     """One SVI mode. Every field is a setting; presets are in :data:`MODES`.
 
     Attributes:
-        name: preset name (``shot``, ``film``, ``tom``, ``v2``, ``v2_w22``, ``v2_pro``).
+        name: preset name (``shot``, ``film``, ``tom``, ``v2``, ``v2_w22``, ``v2_pro``,
+            ``talk``).
         model: ``wan2.1`` (one I2V-14B DiT with CLIP vision) or ``wan2.2`` (two A14B experts).
         lora: the official LoRA file(s) this mode is meant for (informative).
         carry: ``pixel`` or ``latent`` (see :data:`CarrySpace`).
@@ -102,6 +105,8 @@ class ModeConfig:
         prompt_policy, prompt_repeat: the prompt stream (see :data:`PromptPolicy`).
         clip_count_rule, default_clips: default number of clips (see :data:`ClipCountRule`).
         negative_prompt: exact official negative prompt.
+        default_prompt: the official prompt of a mode whose script fixes one (SVI-Talk: "a
+            person is talking"); used when the user gives none. Empty: the user must give one.
         fps: saved video frame rate (official 24 for Wan2.1, 15 for Wan2.2).
         resize, max_width, width, height: reference-image sizing (see :data:`ResizeRule`).
     """
@@ -140,6 +145,7 @@ class ModeConfig:
     cfg_audio: float = 1.0
     uncond_null: tuple[str, ...] = ()
     conditions: tuple[str, ...] = ()
+    default_prompt: str = ""
 
     def __post_init__(self) -> None:
         problems = _check(self)
@@ -173,8 +179,18 @@ class ModeConfig:
         """The seed of clip ``clip`` (0-based): ``seed_base + clip * seed_stride``."""
         return self.seed_base + clip * self.seed_stride
 
-    def clip_count(self, num_prompts: int) -> int:
-        """Default number of clips for a prompt list of ``num_prompts`` entries."""
+    def clip_count(self, num_prompts: int, audio_frames: int | None = None) -> int:
+        """Default number of clips for a prompt list of ``num_prompts`` entries.
+
+        ``audio_frames``: feature frames of the speech (rule ``audio``); without it the rule
+        ``audio`` falls back to the official ``default_clips``.
+        """
+        if self.clip_count_rule == "audio":
+            if audio_frames is None:
+                return self.default_clips
+            from .talk.windows import clips_for_audio
+
+            return clips_for_audio(audio_frames, self.frames, self.motion_frames)
         if self.clip_count_rule == "fixed" or self.prompt_policy == "first":
             return self.default_clips
         return max(1, min(self.default_clips, num_prompts * self.prompt_repeat))
@@ -215,8 +231,10 @@ def _check(mode: ModeConfig) -> list[str]:
         p.append(f"stitch={mode.stitch!r} must be 'drop_tail' or 'drop_head'")
     if mode.prompt_policy not in ("first", "cycle", "hold"):
         p.append(f"prompt_policy={mode.prompt_policy!r} must be 'first', 'cycle' or 'hold'")
-    if mode.clip_count_rule not in ("fixed", "min_prompts"):
-        p.append(f"clip_count_rule={mode.clip_count_rule!r} must be 'fixed' or 'min_prompts'")
+    if mode.clip_count_rule not in ("fixed", "min_prompts", "audio"):
+        p.append(
+            f"clip_count_rule={mode.clip_count_rule!r} must be 'fixed', 'min_prompts' or 'audio'"
+        )
     if mode.resize not in ("fit_width", "fixed"):
         p.append(f"resize={mode.resize!r} must be 'fit_width' or 'fixed'")
     for problem in (
@@ -344,8 +362,34 @@ MODES: dict[str, ModeConfig] = {
         default_clips=15,
         **_WAN22,
     ),
+    # SVI-Talk (official test_svi_talk.py, scripts/test/svi_talk.sh,
+    # diffsynth/pipelines/svi_video_talk.py): m = 1 (test_svi_talk.py:86-91), reference
+    # padding (--ref_pad_num -1, :81-85), every frame kept (:304-308), text 2.0 / audio 5.0
+    # over three passes (:45-56, svi_video_talk.py:448-466), 50 steps (hard-coded,
+    # test_svi_talk.py:286), shift 5 (svi_video_talk.py:161), 25 fps (test_svi_talk.py:319),
+    # 50 clips (svi_talk.sh:7), max width 640 (test_svi_talk.py:199), prompt "a person is
+    # talking" (:138). The official seed is None (fresh torch.randn every run, :22): we keep
+    # the fixed base + k * stride rule so that a run can resume.
+    "talk": ModeConfig(
+        name="talk",
+        lora="svi-talk.safetensors + MeiGen-MultiTalk multitalk.safetensors",
+        motion_frames=1,
+        padding="reference",
+        overlap=0,
+        prompt_policy="first",
+        prompt_repeat=1,
+        clip_count_rule="audio",
+        default_clips=50,
+        max_width=640,
+        guidance="text_audio",
+        cfg_audio=5.0,
+        conditions=("audio",),
+        default_prompt="a person is talking",
+        **{**_WAN21, "cfg": 2.0, "fps": 25.0},
+    ),
 }
-"""The official presets. Values and where they come from: DESIGN.md §2-§3."""
+"""The official presets. Values and where they come from: DESIGN.md §2-§3 (Talk: the comment
+above and the project notes' TALK_RULES)."""
 
 
 def clip_vision_problem(mode: ModeConfig, given: bool, how: str) -> str | None:
@@ -379,7 +423,7 @@ def get_mode(name: str | ModeConfig, **overrides: object) -> ModeConfig:
         if key not in MODES:
             raise SVIError(
                 f"unknown SVI mode {name!r}; expected one of {', '.join(MODES)}"
-                " (shot/film/tom/v2 = Wan2.1, v2_w22/v2_pro = Wan2.2 A14B)"
+                " (shot/film/tom/v2/talk = Wan2.1, v2_w22/v2_pro = Wan2.2 A14B)"
             )
         base = MODES[key]
     fields = {f.name for f in dataclasses.fields(ModeConfig)}

@@ -321,18 +321,9 @@ def _video_track_samples(moov: bytes) -> tuple[list[int], list[int], list[tuple[
     raise ValueError("no video track")
 
 
-def mp4_frame_count(path: str | Path) -> int:
-    """Frames of the video track of an mp4, read from its sample tables (no decoding).
-
-    Also checks that every frame's bytes lie inside the file, so a truncated or partly
-    written file is caught (the sample tables of a stream copy promise frames the file no
-    longer holds).
-
-    Raises:
-        ValueError: not an mp4, no ``moov`` box (a file cut off before ffmpeg finished), no
-            video track, or frames past the end of the file.
-    """
-    path = Path(path)
+def _read_moov(path: Path) -> bytes:
+    """The payload of the top-level ``moov`` box of an mp4 (ValueError when there is none or a
+    top-level box runs past the end of the file)."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         moov = None
@@ -356,6 +347,23 @@ def mp4_frame_count(path: str | Path) -> int:
             pos += box
     if moov is None:
         raise ValueError(f"{path.name}: no moov box (the file is incomplete or not an mp4)")
+    return moov
+
+
+def mp4_frame_count(path: str | Path) -> int:
+    """Frames of the video track of an mp4, read from its sample tables (no decoding).
+
+    Also checks that every frame's bytes lie inside the file, so a truncated or partly
+    written file is caught (the sample tables of a stream copy promise frames the file no
+    longer holds).
+
+    Raises:
+        ValueError: not an mp4, no ``moov`` box (a file cut off before ffmpeg finished), no
+            video track, or frames past the end of the file.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    moov = _read_moov(path)
     sizes, offsets, runs = _video_track_samples(moov)
     sample = 0
     for i, offset in enumerate(offsets):
@@ -376,3 +384,43 @@ def mp4_frame_count(path: str | Path) -> int:
     if sample != len(sizes):
         raise ValueError(f"{path.name}: chunk table covers {sample} of {len(sizes)} frames")
     return len(sizes)
+
+
+def mp4_track_seconds(path: str | Path) -> dict[str, float]:
+    """Duration in seconds of the first track of each kind of an mp4, from the track headers
+    (``mdhd`` duration / timescale; no decoding): ``{"vide": 6.48, "soun": 6.5}``.
+
+    An AAC track's header duration includes the encoder's priming samples and the padding of
+    its last frame (a few tens of milliseconds more than what plays).
+
+    Raises:
+        ValueError: not an mp4 or no ``moov`` box.
+    """
+    moov = _read_moov(Path(path))
+    out: dict[str, float] = {}
+
+    def walk(data_start: int, end: int, found: dict[bytes, tuple[int, int]]) -> None:
+        for kind, a, b in _boxes(moov, data_start, end):
+            if kind in (b"mdia",):
+                walk(a, b, found)
+            elif kind in (b"hdlr", b"mdhd"):
+                found.setdefault(kind, (a, b))
+
+    for kind, a, b in _boxes(moov, 0, len(moov)):
+        if kind != b"trak":
+            continue
+        found: dict[bytes, tuple[int, int]] = {}
+        walk(a, b, found)
+        if b"hdlr" not in found or b"mdhd" not in found:
+            continue
+        handler = moov[found[b"hdlr"][0] + 8 : found[b"hdlr"][0] + 12].decode("latin-1")
+        m = found[b"mdhd"][0]
+        if moov[m] == 1:  # version 1: 64-bit times
+            scale = int.from_bytes(moov[m + 20 : m + 24], "big")
+            duration = int.from_bytes(moov[m + 24 : m + 32], "big")
+        else:
+            scale = int.from_bytes(moov[m + 12 : m + 16], "big")
+            duration = int.from_bytes(moov[m + 16 : m + 20], "big")
+        if scale and handler not in out:
+            out[handler] = duration / scale
+    return out

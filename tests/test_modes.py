@@ -130,3 +130,24 @@ def test_clip_vision_rule_is_one_sentence_for_every_front_end():
     assert clip_vision_problem(get_mode("film"), True, "x") is None
     text = clip_vision_problem(get_mode("film"), False, "pass --clip-vision FILE")
     assert "needs CLIP vision" in text and text.endswith("pass --clip-vision FILE")
+
+
+def test_talk_preset_is_the_official_one():
+    """test_svi_talk.py / scripts/test/svi_talk.sh / svi_video_talk.py (TALK_RULES §1-§9)."""
+    m = get_mode("talk")
+    assert (m.model, m.clip_vision, m.carry, m.motion_frames, m.padding) == (
+        "wan2.1", True, "pixel", 1, "reference",
+    )  # fmt: skip
+    # every frame of every clip kept (test_svi_talk.py:304-308): N * 81 frames
+    assert m.overlap_frames == 0 and m.video_length(50) == 50 * 81
+    assert (m.guidance, m.cfg, m.cfg_audio) == ("text_audio", 2.0, 5.0)
+    assert [(p.negative_text, sorted(p.null)) for p in m.guidance_for().passes] == [
+        (False, []), (True, []), (True, ["audio"]),
+    ]  # fmt: skip
+    assert (m.steps, m.shift, m.fps, m.max_width, m.resize) == (50, 5.0, 25.0, 640, "fit_width")
+    assert m.default_prompt == "a person is talking" and m.conditions == ("audio",)
+    assert m.negative_prompt == get_mode("shot").negative_prompt
+    # clips: the official 50 without speech; with speech, enough to cover it
+    assert m.clip_count(1) == 50
+    assert m.clip_count(1, 7500) == 93  # 5 min at 25 fps: ceil((7500 + 1) / 81)
+    assert m.clip_count(1, 81) == 1 and m.clip_count(1, 82) == 2

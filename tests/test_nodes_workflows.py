@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FILES = sorted((ROOT / "workflows").glob("*.json"))
 MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth")
 CORE_TYPES = {"LoadImage", "CLIPLoader", "CLIPVisionLoader", "MarkdownNote", "Note"}
+CORE_TYPES |= {"ModelPatchLoader", "AudioEncoderLoader", "LoadAudio"}  # SVI-Talk
 
 
 def test_the_three_workflows_ship():

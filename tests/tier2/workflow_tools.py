@@ -30,6 +30,10 @@ LORA_PRO_HIGH = "SVI_v2_PRO_Wan2.2-I2V-A14B_HIGH_lora_rank_128_fp16.safetensors"
 LORA_PRO_LOW = "SVI_v2_PRO_Wan2.2-I2V-A14B_LOW_lora_rank_128_fp16.safetensors"
 SPEED_HIGH = "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors"
 SPEED_LOW = "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors"
+LORA_TALK = "svi-talk.safetensors"
+MULTITALK = "multitalk.safetensors"
+WAV2VEC = "wav2vec2-chinese-base_fp16.safetensors"
+SPEECH = "speech.wav"
 
 # node type -> (socket inputs [(name, type)], outputs [(name, type)])
 SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
@@ -47,8 +51,21 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
             ("reference_image", "IMAGE"),
             ("low_noise_model", "MODEL"),
             ("clip_vision", "CLIP_VISION"),
+            ("condition", "SVI_CONDITION"),
         ],
         [("video", "VIDEO"), ("last_latent", "LATENT"), ("last_frames", "IMAGE")],
+    ),
+    "ModelPatchLoader": ([], [("MODEL_PATCH", "MODEL_PATCH")]),
+    "AudioEncoderLoader": ([], [("AUDIO_ENCODER", "AUDIO_ENCODER")]),
+    "LoadAudio": ([], [("AUDIO", "AUDIO")]),
+    "SVITalkAudio": (
+        [
+            ("model_patch", "MODEL_PATCH"),
+            ("audio", "AUDIO"),
+            ("audio_encoder", "AUDIO_ENCODER"),
+            ("audio_encoder_output", "AUDIO_ENCODER_OUTPUT"),
+        ],
+        [("condition", "SVI_CONDITION")],
     ),
     "SVIToyModels": (
         [],
@@ -272,11 +289,52 @@ def toy() -> dict[str, Any]:
     return _build(spec, links)
 
 
+def talk() -> dict[str, Any]:
+    """SVI-Talk: one portrait + speech of any length -> a talking video (Wan2.1 + MultiTalk)."""
+    widgets = ["talk", 0, 81, 0, 0, 50, 2.0, "euler", "simple", 5.0, 0, "fixed", 42, 25.0,
+               "svi_talk", "resume or new", 0.875]  # fmt: skip
+    extra = (
+        "**models/model_patches/**\n"
+        f"- `{MULTITALK}` (MeiGen-AI/MeiGen-MultiTalk: the MultiTalk audio layers SVI-Talk was "
+        "trained with; the InfiniteTalk patches have the same layout but other weights)\n\n"
+        "**models/audio_encoders/**\n"
+        f"- `{WAV2VEC}` (TencentGameMate/chinese-wav2vec2-base; Comfy-Org/Wan_2.1_ComfyUI_"
+        "repackaged, split_files/audio_encoders)\n\n"
+        "**input/**: the speech (Load Audio: wav, mp3, flac, m4a) and the portrait.\n\n"
+        "SVI-Talk (needs ComfyUI 0.11.0 or newer): clips = 0 makes enough clips to cover the "
+        "speech (the official script always makes 50); every frame of every clip is kept; 25 "
+        "fps; guidance text 2 (the sampler's cfg) and audio 5 (SVI Talk Audio); width/height 0 = "
+        "from the portrait, at most 640 wide. The mp4 carries the speech."
+    )
+    spec = [
+        {"id": 1, "type": "SVIModelLoader", "pos": [0, 0], "size": [380, 220],
+         "widgets": [WAN21_MODEL, LORA_TALK, 1.0, VAE, "none", "none", "default"]},
+        {"id": 2, "type": "CLIPLoader", "pos": [0, 260], "widgets": [UMT5, "wan", "default"]},
+        {"id": 3, "type": "CLIPVisionLoader", "pos": [0, 400], "widgets": [CLIP_VISION]},
+        {"id": 4, "type": "LoadImage", "pos": [0, 520], "size": [320, 320], "widgets": ["example.png", "image"]},
+        {"id": 5, "type": "SVIPromptStream", "pos": [420, 260], "size": [400, 200],
+         "widgets": ["a person is talking", 0, ""]},
+        {"id": 10, "type": "ModelPatchLoader", "pos": [420, 500], "widgets": [MULTITALK]},
+        {"id": 11, "type": "AudioEncoderLoader", "pos": [420, 620], "widgets": [WAV2VEC]},
+        {"id": 12, "type": "LoadAudio", "pos": [420, 740], "size": [320, 140], "widgets": [SPEECH]},
+        {"id": 13, "type": "SVITalkAudio", "pos": [860, 560], "size": [340, 200],
+         "widgets": [5.0, "official"]},
+        {"id": 6, "type": "SVIInfiniteSampler", "pos": [1240, 0], "size": [420, 720],
+         "widgets": widgets},
+        {"id": 7, "type": "MarkdownNote", "pos": [-440, 0], "size": [420, 700], "title": "Model files",
+         "widgets": [_note(False, [LORA_TALK], extra)]},
+    ]  # fmt: skip
+    links = [(1, 0, 6, 0), (1, 2, 6, 1), (5, 0, 6, 2), (4, 0, 6, 3), (3, 0, 6, 5), (2, 0, 5, 0),
+             (10, 0, 13, 0), (12, 0, 13, 1), (11, 0, 13, 2), (13, 0, 6, 6)]  # fmt: skip
+    return _build(spec, links)
+
+
 BUILDERS = {
     "SVI-Shot_Wan2.1": shot,
     "SVI-Film_Wan2.1_prompt_stream": film,
     "SVI-2.0-Pro_Wan2.2": pro,
     "SVI-Toy_CPU_demo": toy,
+    "SVI-Talk_Wan2.1": talk,
 }
 
 
