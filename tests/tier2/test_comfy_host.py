@@ -468,3 +468,31 @@ def test_wan22_dit_sees_bfloat16_timesteps(host):
     assert exact == pytest.approx([1000.0, 937.5, 2500 / 3, 625.0], abs=1e-3)
     assert rounded == [float(torch.tensor(t).to(torch.bfloat16)) for t in exact]
     assert rounded[1] != exact[1]
+
+
+def test_prompt_stream_output_is_immutable(host):
+    """The prompt node's output (cached by ComfyUI and shared by later runs) is frozen and is
+    not written to when the sampler asks it for a mode's negative prompt: a given negative is
+    encoded once in the node, the mode's official one on each request (English for Wan2.1,
+    Chinese for Wan2.2)."""
+    import subprocess
+
+    out = subprocess.run(
+        [host.python, str(Path(__file__).parent / "check_prompt_stream.py"), str(host.root),
+         str(Path(__file__).parents[2])],
+        capture_output=True, text=True, check=True, cwd=str(host.root),
+    )  # fmt: skip
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    for case in seen.values():
+        assert case["frozen"] and case["unchanged"]
+    empty, given = seen["empty"], seen["blurry, static"]
+    assert empty["encoded_at_execute"] == ["a cat", "a dog"]
+    official = empty["official"]
+    assert official["film"] != official["v2_pro"]
+    assert empty["encoded_later"] == [official["film"], official["v2_pro"], official["film"]]
+    for mode, calls in empty["negatives"].items():
+        assert all(c == [official[mode], f"cond:{official[mode]}"] for c in calls)
+    assert given["encoded_at_execute"] == ["a cat", "a dog", "blurry, static"]
+    assert given["encoded_later"] == []
+    for calls in given["negatives"].values():
+        assert all(c == ["blurry, static", "cond:blurry, static"] for c in calls)
