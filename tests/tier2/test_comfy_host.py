@@ -398,8 +398,11 @@ def test_lora_on_fp8_weights_warns(host, object_info):
 
 
 def test_workflows_load_in_the_frontend(host, object_info):
-    """Each workflow loads in ComfyUI's own web frontend (headless Chromium), and the frontend's
-    graphToPrompt equals ui_to_api (so the API twins above test what a user would run)."""
+    """Each workflow loads in ComfyUI's own web frontend (headless Chromium): the frontend's
+    graphToPrompt equals ui_to_api (so the API twins above test what a user would run), no node
+    is drawn larger than its stored size, no two drawn boxes (title bar included) overlap, and
+    the missing-models dialog names every file the server lacks (this test server has no text
+    encoder or CLIP-vision files) from the loaders' ``properties.models``."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium")
     chromium = next(
         (p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None
@@ -410,7 +413,13 @@ def test_workflows_load_in_the_frontend(host, object_info):
             "needs chromium and chromedriver (Debian: apt-get install chromium chromium-driver)"
         )
     from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
 
+    host.post("/settings/Comfy.TutorialCompleted", True)  # no template browser on first start
+    present = {
+        folder: set(host.get(f"/models/{folder}"))
+        for folder in ("diffusion_models", "loras", "vae", "text_encoders", "clip_vision")
+    }
     opts = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         opts.add_argument(arg)
@@ -424,14 +433,23 @@ def test_workflows_load_in_the_frontend(host, object_info):
             assert time.time() < deadline, "the frontend did not start"
             time.sleep(0.5)
         for name in BUILDERS:
+            drv.refresh()  # a fresh page: no dialog or error panel left from the last workflow
+            deadline = time.time() + 120
+            while not drv.execute_script("return !!(window.app && window.app.graph)"):
+                assert time.time() < deadline, "the frontend did not restart"
+                time.sleep(0.5)
             ui = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
             res = drv.execute_async_script(
                 """const [wf, done] = arguments;
                 (async () => {
                   try {
                     await window.app.loadGraphData(wf);
+                    await new Promise(r => setTimeout(r, 1000));
                     const p = await window.app.graphToPrompt();
-                    done({n: window.app.graph._nodes.length, output: p.output});
+                    const nodes = window.app.graph._nodes.map(n => ({
+                      id: n.id, size: Array.from(n.size), min: Array.from(n.computeSize()),
+                      box: Array.from(n.getBounding())}));
+                    done({n: window.app.graph._nodes.length, output: p.output, nodes});
                   } catch (e) { done({error: String(e)}); }
                 })();""",
                 ui,
@@ -443,6 +461,36 @@ def test_workflows_load_in_the_frontend(host, object_info):
                 for k, v in res["output"].items()
             }
             assert theirs == ui_to_api(ui, object_info), name
+            for node in res["nodes"]:
+                assert all(m <= s + 0.5 for m, s in zip(node["min"], node["size"], strict=True)), (
+                    name,
+                    node,
+                )
+            boxes = [(n["id"], n["box"]) for n in res["nodes"]]  # [x, y, w, h], title included
+            for i, (a, (ax, ay, aw, ah)) in enumerate(boxes):
+                for b, (bx, by, bw, bh) in boxes[i + 1 :]:
+                    apart = ax + aw <= bx or bx + bw <= ax or ay + ah <= by or by + bh <= ay
+                    assert apart, f"{name}: nodes {a} and {b} overlap in the frontend"
+            # 0.3.64's frontend opens a Missing Models dialog ("text_encoders / umt5...",
+            # Download); newer ones list them under Errors -> View details ("umt5...",
+            # "text_encoders", Download).
+            details = [
+                b for b in drv.find_elements(By.TAG_NAME, "button") if "View details" in b.text
+            ]
+            if details:
+                details[0].click()
+                time.sleep(1.0)
+            text = drv.execute_script("return document.body.innerText")
+            declared = [m for n in ui["nodes"] for m in n["properties"].get("models", [])]
+            missing = [m for m in declared if m["name"] not in present[m["directory"]]]
+            if name != "SVI-Toy_CPU_demo":
+                assert missing, f"{name}: the test server has every file, nothing to check"
+            for m in missing:
+                offered = (
+                    f"{m['directory']} / {m['name']}" in text
+                    or f"{m['name']}\n{m['directory']}\nDownload" in text
+                )
+                assert offered and "Download" in text, f"{name}: {m['name']} is not offered"
     finally:
         drv.quit()
 
