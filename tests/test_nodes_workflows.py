@@ -146,15 +146,26 @@ def test_every_model_file_carries_its_download_source(path):
     """Each model file a loader names that the official pages host (``MODEL_SOURCES``) is listed
     in that node's ``properties.models`` (name, url, directory), so ComfyUI's missing-models
     dialog can offer it; every listed url is the official page's file (Comfy-Org repackaged Wan
-    files, SVI LoRAs on vita-video-gen/svi-model)."""
+    files, SVI LoRAs on vita-video-gen/svi-model, MeiGen's MultiTalk weights, the chinese
+    wav2vec2 as the single safetensors file ComfyUI's audio-encoder loader reads)."""
     from tier2.workflow_tools import MODEL_SOURCES
 
     official = (
         "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/",
         "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/",
         "https://huggingface.co/vita-video-gen/svi-model/resolve/main/version-",
+        "https://huggingface.co/MeiGen-AI/MeiGen-MultiTalk/resolve/main/",
+        "https://huggingface.co/Kijai/wav2vec2_safetensors/resolve/main/",
     )
-    folders = {"diffusion_models", "loras", "vae", "text_encoders", "clip_vision"}
+    folders = {
+        "diffusion_models",
+        "loras",
+        "vae",
+        "text_encoders",
+        "clip_vision",
+        "model_patches",
+        "audio_encoders",
+    }
     for node in json.loads(path.read_text(encoding="utf-8"))["nodes"]:
         if node["type"] in ("MarkdownNote", "Note"):
             continue

@@ -53,6 +53,15 @@ MODEL_SOURCES: dict[str, tuple[str, str]] = {  # file -> (models/ folder, downlo
     LORA_PRO_LOW: ("loras", f"{_SVI}/version-2.0/{LORA_PRO_LOW}"),
     SPEED_HIGH: ("loras", f"{_WAN22}/loras/{SPEED_HIGH}"),
     SPEED_LOW: ("loras", f"{_WAN22}/loras/{SPEED_LOW}"),
+    LORA_TALK: ("loras", f"{_SVI}/version-1.0/{LORA_TALK}"),
+    MULTITALK: (
+        "model_patches",
+        f"https://huggingface.co/MeiGen-AI/MeiGen-MultiTalk/resolve/main/{MULTITALK}",
+    ),
+    WAV2VEC: (
+        "audio_encoders",
+        f"https://huggingface.co/Kijai/wav2vec2_safetensors/resolve/main/{WAV2VEC}",
+    ),
 }
 SPEED_SOURCE = "Comfy-Org/Wan_2.2_ComfyUI_Repackaged, split_files/loras"
 TITLE_HEIGHT = 30  # LiteGraph's NODE_TITLE_HEIGHT: the title bar is drawn above a node's pos
@@ -212,6 +221,9 @@ SIZES: dict[str, list[int]] = {
     "LoadImage": [320, 340],
     "SVILoraLoader": [320, 90],
     "SVIToyModels": [320, 150],
+    "ModelPatchLoader": [320, 60],
+    "AudioEncoderLoader": [320, 60],
+    "LoadAudio": [320, 140],
 }
 GAP = 40  # between two boxes (title bar included)
 
@@ -368,8 +380,8 @@ def talk() -> dict[str, Any]:
         f"- `{MULTITALK}` (MeiGen-AI/MeiGen-MultiTalk: the MultiTalk audio layers SVI-Talk was "
         "trained with; the InfiniteTalk patches have the same layout but other weights)\n\n"
         "**models/audio_encoders/**\n"
-        f"- `{WAV2VEC}` (TencentGameMate/chinese-wav2vec2-base; Comfy-Org/Wan_2.1_ComfyUI_"
-        "repackaged, split_files/audio_encoders)\n\n"
+        f"- `{WAV2VEC}` (TencentGameMate/chinese-wav2vec2-base as one safetensors file: "
+        "Kijai/wav2vec2_safetensors)\n\n"
         "**input/**: the speech (Load Audio: wav, mp3, flac, m4a) and the portrait.\n\n"
         "SVI-Talk (needs ComfyUI 0.11.0 or newer): clips = 0 makes enough clips to cover the "
         "speech (the official script always makes 50); every frame of every clip is kept; 25 "
@@ -377,21 +389,25 @@ def talk() -> dict[str, Any]:
         "from the portrait, at most 640 wide. The mp4 carries the speech."
     )
     spec = [
-        {"id": 1, "type": "SVIModelLoader", "pos": [0, 0], "size": [380, 220],
-         "widgets": [WAN21_MODEL, LORA_TALK, 1.0, VAE, "none", "none", "default"]},
-        {"id": 2, "type": "CLIPLoader", "pos": [0, 260], "widgets": [UMT5, "wan", "default"]},
-        {"id": 3, "type": "CLIPVisionLoader", "pos": [0, 400], "widgets": [CLIP_VISION]},
-        {"id": 4, "type": "LoadImage", "pos": [0, 520], "size": [320, 320], "widgets": ["example.png", "image"]},
-        {"id": 5, "type": "SVIPromptStream", "pos": [420, 260], "size": [400, 200],
-         "widgets": ["a person is talking", 0, ""]},
-        {"id": 10, "type": "ModelPatchLoader", "pos": [420, 500], "widgets": [MULTITALK]},
-        {"id": 11, "type": "AudioEncoderLoader", "pos": [420, 620], "widgets": [WAV2VEC]},
-        {"id": 12, "type": "LoadAudio", "pos": [420, 740], "size": [320, 140], "widgets": [SPEECH]},
-        {"id": 13, "type": "SVITalkAudio", "pos": [860, 560], "size": [340, 200],
-         "widgets": [5.0, "official"]},
-        {"id": 6, "type": "SVIInfiniteSampler", "pos": [1240, 0], "size": [420, 720],
+        *_stack(0, [
+            {"id": 1, "type": "SVIModelLoader",
+             "widgets": [WAN21_MODEL, LORA_TALK, 1.0, VAE, "none", "none", "default"]},
+            {"id": 2, "type": "CLIPLoader", "widgets": [UMT5, "wan", "default"]},
+            {"id": 3, "type": "CLIPVisionLoader", "widgets": [CLIP_VISION]},
+            {"id": 4, "type": "LoadImage", "widgets": ["example.png", "image"]},
+        ]),
+        *_stack(440, [
+            {"id": 5, "type": "SVIPromptStream", "size": [400, 200],
+             "widgets": ["a person is talking", 0, ""]},
+            {"id": 10, "type": "ModelPatchLoader", "widgets": [MULTITALK]},
+            {"id": 11, "type": "AudioEncoderLoader", "widgets": [WAV2VEC]},
+            {"id": 12, "type": "LoadAudio", "widgets": [SPEECH]},
+        ]),
+        *_stack(880, [{"id": 13, "type": "SVITalkAudio", "size": [340, 200],
+                       "widgets": [5.0, "official"]}], y=560),
+        {"id": 6, "type": "SVIInfiniteSampler", "pos": [1260, 0], "size": [420, 720],
          "widgets": widgets},
-        {"id": 7, "type": "MarkdownNote", "pos": [-440, 0], "size": [420, 700], "title": "Model files",
+        {"id": 7, "type": "MarkdownNote", "pos": [-460, 0], "size": [420, 700], "title": "Model files",
          "widgets": [_note(False, [LORA_TALK], extra)]},
     ]  # fmt: skip
     links = [(1, 0, 6, 0), (1, 2, 6, 1), (5, 0, 6, 2), (4, 0, 6, 3), (3, 0, 6, 5), (2, 0, 5, 0),
