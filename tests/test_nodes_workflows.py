@@ -186,6 +186,10 @@ def test_every_model_file_carries_its_download_source(path):
             # the folder in the url matches the models/ folder it goes to
             if "split_files/" in m["url"]:
                 assert m["url"].split("split_files/")[1].split("/")[0] == m["directory"]
+            elif "MultiTalk" in m["url"]:
+                assert m["directory"] == "model_patches"
+            elif "wav2vec2" in m["url"]:
+                assert m["directory"] == "audio_encoders"
             else:
                 assert m["directory"] == "loras"
 
