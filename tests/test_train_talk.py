@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from parity_support import fixtures_dir
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -402,10 +403,10 @@ def test_feature_files_official_layout(kit, tmp_path: Path):
     random.seed(0)
 
 
-FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = fixtures_dir()
 
 
-@pytest.mark.skipif(not (FIXTURES / "wan21_i2v_dit").is_dir(), reason="shared fixtures absent")
+@pytest.mark.skipif(not (FIXTURES / "wan21_i2v_dit").is_dir(), reason=f"no fixtures at {FIXTURES}")
 def test_cli_talk_with_model_files(kit, tmp_path: Path):
     """`python -m train --preset talk` loads an official-layout DiT, VAE, MultiTalk file and a
     local wav2vec2 folder through svi_core's loaders (text / CLIP from a context file)."""
@@ -416,12 +417,15 @@ def test_cli_talk_with_model_files(kit, tmp_path: Path):
     from train.tiny import tiny_multitalk_file
 
     root, _enc, _mt = kit
-    mt = tiny_multitalk_file(tmp_path / "multitalk.safetensors", dim=64, num_layers=2, num_heads=4)
+    dit = json.loads((FIXTURES / "wan21_i2v_dit" / "config.json").read_text())
+    dim, layers, heads = dit["dim"], dit["num_layers"], dit["num_heads"]
+    mt = tiny_multitalk_file(tmp_path / "multitalk.safetensors", dim, layers, heads)
     ctx = tmp_path / "ctx.safetensors"
     g = torch.Generator().manual_seed(0)
-    context = torch.zeros(512, 32)
-    context[:5] = torch.randn(5, 32, generator=g)
-    save_file({"context": context, "clip_fea": torch.randn(257, 96, generator=g)}, str(ctx))
+    context = torch.zeros(512, dit["text_dim"])
+    context[:5] = torch.randn(5, dit["text_dim"], generator=g)
+    clip = torch.randn(257, dit["clip_dim"], generator=g)
+    save_file({"context": context, "clip_fea": clip}, str(ctx))
     args = [
         "--preset", "talk", "--dataset", str(root / "ds"), "--output_dir", str(tmp_path / "out"),
         "--dit_path", str(FIXTURES / "wan21_i2v_dit" / "model.safetensors"),
@@ -433,10 +437,10 @@ def test_cli_talk_with_model_files(kit, tmp_path: Path):
     ]  # fmt: skip
     assert main(args) == 0
     lora = load_lora(tmp_path / "out" / "svi-talk-erft.safetensors")
-    assert len(lora) == 2 * 10 and lora.rank == 4
+    assert len(lora) == layers * 10 and lora.rank == 4
     assert len(list((tmp_path / "out" / "cache" / "audio").glob("*.safetensors"))) == 2
     # a MultiTalk file for another width is refused before training
-    wrong = tiny_multitalk_file(tmp_path / "wrong.safetensors", dim=32, num_layers=2, num_heads=2)
+    wrong = tiny_multitalk_file(tmp_path / "wrong.safetensors", 2 * dim, layers, heads)
     args[args.index(str(mt))] = str(wrong)
     assert main(args + ["--output_dir", str(tmp_path / "out2")]) == 2
     assert not (tmp_path / "out2" / "cache").exists()  # refused before any encoding
