@@ -21,28 +21,30 @@ def encode_text(text_encoder: Any, text: str) -> list:
     return text_encoder.encode_from_tokens_scheduled(text_encoder.tokenize(text))
 
 
-@dataclass
+@dataclass(frozen=True)
 class EncodedPrompts:
-    """The prompts of a run, each encoded once, and the negative prompt.
+    """The prompts of a run, each encoded once, and the negative prompt (immutable: ComfyUI
+    caches a node's output and hands the same object to every later run).
 
     ``texts[i]`` is encoded as ``positives[i]`` (ComfyUI CONDITIONING). ``repeat`` = 0 means
     the mode's own repeat. ``negative_text`` None means the mode's official negative prompt,
-    encoded on first use with ``text_encoder`` (kept for that) and cached per text.
+    which only the sampler knows (it depends on the mode): :meth:`negative_for` encodes it
+    with ``text_encoder`` on each call. A given ``negative_text`` is encoded once, as
+    ``negative``.
     """
 
     texts: tuple[str, ...]
     positives: tuple[Any, ...]
     repeat: int
     negative_text: str | None
+    negative: Any = field(repr=False)
     text_encoder: Any = field(repr=False)
-    _negatives: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def negative_for(self, mode: ModeConfig) -> tuple[str, Any]:
         """(text, CONDITIONING) of the negative prompt: the given one, else the mode's."""
-        text = self.negative_text if self.negative_text is not None else mode.negative_prompt
-        if text not in self._negatives:
-            self._negatives[text] = encode_text(self.text_encoder, text)
-        return text, self._negatives[text]
+        if self.negative_text is not None:
+            return self.negative_text, self.negative
+        return mode.negative_prompt, encode_text(self.text_encoder, mode.negative_prompt)
 
 
 class SVIPromptStream(io.ComfyNode):
@@ -108,11 +110,14 @@ class SVIPromptStream(io.ComfyNode):
             if t not in cache:
                 cache[t] = encode_text(text_encoder, t)
         negative = negative_prompt.strip() or None
+        if negative is not None and negative not in cache:
+            cache[negative] = encode_text(text_encoder, negative)
         encoded = EncodedPrompts(
             texts=tuple(texts),
             positives=tuple(cache[t] for t in texts),
             repeat=int(repeat),
             negative_text=negative,
+            negative=None if negative is None else cache[negative],
             text_encoder=text_encoder,
         )
         return io.NodeOutput(encoded)

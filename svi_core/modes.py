@@ -354,7 +354,7 @@ MODES: dict[str, ModeConfig] = {
     ),
     "v2_pro": ModeConfig(
         name="v2_pro",
-        lora="SVI_v2_PRO_Wan2.2-I2V-A14B_HIGH/LOW_lora_rank_128_fp16.safetensors",
+        lora="SVI_Wan2.2-I2V-A14B_high/low_noise_lora_v2.0_pro.safetensors",
         carry="latent",
         motion_frames=0,
         motion_latents=1,

@@ -153,8 +153,11 @@ def tiny_models(tmp_path_factory):
     lora = FIXTURES / "svi_lora" / "lora_peft_names.safetensors"
     shutil.copy(lora, tmp_path / "svi_lora.safetensors")
     out["lora"] = tmp_path / "svi_lora.safetensors"
+    dit_cfg = json.loads((FIXTURES / "wan21_i2v_dit" / "config.json").read_text())
+    text_dim, clip_dim = dit_cfg["text_dim"], dit_cfg["clip_dim"]  # sizes of the fixture set
+    out["text_dim"] = text_dim
     torch.manual_seed(0)
-    cfg = CLIPVisionConfig(hidden_size=96, intermediate_size=64, num_hidden_layers=2,
+    cfg = CLIPVisionConfig(hidden_size=clip_dim, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=4, image_size=224, patch_size=14)  # fmt: skip
     clip = CLIPVisionModel(cfg)
     (tmp_path / "clip").mkdir()
@@ -168,8 +171,8 @@ def tiny_models(tmp_path_factory):
     g = torch.Generator().manual_seed(1)
     ctx = {}
     for p in PROMPTS + [NEGATIVE_PROMPT_EN, NEGATIVE_PROMPT_ZH]:
-        c = torch.zeros(1, 512, 32)
-        c[:, :7] = torch.randn(1, 7, 32, generator=g)
+        c = torch.zeros(1, 512, text_dim)
+        c[:, :7] = torch.randn(1, 7, text_dim, generator=g)
         ctx[p] = c
     out["emb"] = save_text_embeddings(tmp_path / "emb.safetensors", ctx)
     return out
@@ -202,8 +205,8 @@ def test_generate_film_end_to_end_then_extend(tmp_path, inputs, caplog, tiny_mod
     assert "steps=2" in caplog.text and "steps=3" in caplog.text
 
 
-def tiny_umt5(tmp_path):
-    """A 32-wide UMT5 encoder (HF names, as ComfyUI ships it) and a word-level tokenizer."""
+def tiny_umt5(tmp_path, width: int):
+    """A ``width``-wide UMT5 encoder (HF names, as ComfyUI ships it) and a word-level tokenizer."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
@@ -219,7 +222,7 @@ def tiny_umt5(tmp_path):
     )
     fast.save_pretrained(str(tmp_path / "tokenizer"))
     torch.manual_seed(0)
-    cfg = UMT5Config(vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=48, num_layers=1, num_heads=4,
+    cfg = UMT5Config(vocab_size=len(vocab), d_model=width, d_kv=8, d_ff=48, num_layers=1, num_heads=4,
                      relative_attention_num_buckets=8, feed_forward_proj="gated-gelu")  # fmt: skip
     sd = UMT5EncoderModel(cfg).state_dict()
     sd = {k: v.contiguous() for k, v in sd.items() if k != "encoder.embed_tokens.weight"}
@@ -232,7 +235,7 @@ def test_generate_pro_two_experts_with_umt5(tmp_path, inputs, caplog, tiny_model
 
     m = tiny_models
     img, prompts = inputs
-    umt5, tokenizer = tiny_umt5(tmp_path)
+    umt5, tokenizer = tiny_umt5(tmp_path, m["text_dim"])
     out = tmp_path / "pro.mp4"
     args = [
         "generate", "--mode", "v2_pro", "--model", str(m["wan22_i2v_dit"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from parity_support import fixtures_dir
 from safetensors.torch import load_file
 
 from svi_core.errors import SVIError
@@ -297,10 +299,10 @@ def test_distributed_two_processes_gloo(toy, tmp_path: Path):
         assert len(_rows(out / "loss.csv")) == 4, strategy
 
 
-FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = fixtures_dir()
 
 
-@pytest.mark.skipif(not (FIXTURES / "wan21_i2v_dit").is_dir(), reason="shared fixtures absent")
+@pytest.mark.skipif(not (FIXTURES / "wan21_i2v_dit").is_dir(), reason=f"no fixtures at {FIXTURES}")
 def test_cli_end_to_end_with_model_files(toy, tmp_path: Path):
     """`python -m train` loads an official-layout DiT and VAE through svi_core's loaders; the
     text / CLIP side comes from a context file."""
@@ -309,11 +311,13 @@ def test_cli_end_to_end_with_model_files(toy, tmp_path: Path):
     from train.cli import main
 
     root, _ = toy
+    cfg = json.loads((FIXTURES / "wan21_i2v_dit" / "config.json").read_text())
     ctx = tmp_path / "ctx.safetensors"
     g = torch.Generator().manual_seed(0)
-    context = torch.zeros(512, 32)
-    context[:7] = torch.randn(7, 32, generator=g)
-    save_file({"context": context, "clip_fea": torch.randn(257, 96, generator=g)}, str(ctx))
+    context = torch.zeros(512, cfg["text_dim"])
+    context[:7] = torch.randn(7, cfg["text_dim"], generator=g)
+    clip_fea = torch.randn(257, cfg["clip_dim"], generator=g)
+    save_file({"context": context, "clip_fea": clip_fea}, str(ctx))
     toml = tmp_path / "run.toml"
     toml.write_text(
         textwrap.dedent(
@@ -336,7 +340,7 @@ def test_cli_end_to_end_with_model_files(toy, tmp_path: Path):
     )
     assert main(["--config", str(toml), "--max_steps", "3", "--precision", "fp32"]) == 0
     lora = load_lora(tmp_path / "out" / "svi-film-erft.safetensors")
-    assert len(lora) == 2 * 10 and lora.rank == 4
+    assert len(lora) == cfg["num_layers"] * 10 and lora.rank == 4
     assert len(_rows(tmp_path / "out" / "loss.csv")) == 3
     # same settings, more steps: resumes from the checkpoint; other settings: refused
     assert main(["--config", str(toml), "--max_steps", "4", "--resume", "latest"]) == 2  # bf16

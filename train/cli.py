@@ -1,6 +1,6 @@
 """Command line: ``python -m train`` / ``svi-train`` (``torchrun --nproc_per_node N -m train``).
 
-Settings come from a preset (``--preset shot|film``), then a TOML file (``--config``: keys of
+Settings come from a preset (``--preset shot|film|talk|dance``), then a TOML file (``--config``: keys of
 :class:`train.config.TrainConfig` at the top level or in a ``[train]`` table, optional
 ``preset = "film"``), then flags (``--learning_rate 5e-5``; every config field is a flag).
 """
@@ -73,14 +73,30 @@ FIELD_HELP: dict[str, str] = {
     "log_every": "steps between log lines",
     "export_dtype": "dtype of the exported LoRA: bf16 or fp32",
     "export_name": "file name of the exported LoRA (empty = svi-<mode>-<erft|plain>)",
+    "fixed_caption": "text for every sample, captions ignored (talk, dance: the official text)",
+    "center_square": "crop landscape frames to a centred square first (talk preprocessing)",
+    "resize": "crop (random crop to the aspect, then resize) or stretch (whole frame: dance)",
+    "multitalk_path": "talk: MeiGen-MultiTalk multitalk.safetensors (frozen audio layers)",
+    "wav2vec_path": "talk: local chinese-wav2vec2-base folder (needed while the cache is built)",
+    "init_lora": "LoRA file to start from (dance: UniAnimate-DiT checkpoint, its pose embedding "
+    "too)",
+    "audio_dropout": "talk: probability of zeroing a step's audio windows",
+    "pose_dropout": "dance: probability of zeroing a step's pose-embedding output",
+    "image_dropout": "probability of zeroing y and the CLIP feature of a step (dance)",
+    "pose_hidden": "dance: channels inside the pose embedding",
 }
 """One line per config field for ``--help`` (the full story: ``TrainConfig``'s docstring)."""
 
 
 def _field_help(name: str) -> str:
-    shot, film = (getattr(load_config(None, p), name) for p in ("shot", "film"))
+    shot, film, talk, dance = (
+        getattr(load_config(None, p), name) for p in ("shot", "film", "talk", "dance")
+    )
     show = lambda v: ",".join(v) if isinstance(v, tuple) else repr(v)  # noqa: E731
     default = show(shot) if shot == film else f"shot {show(shot)}, film {show(film)}"
+    others = [f"{p} {show(v)}" for p, v in (("talk", talk), ("dance", dance)) if v != shot]
+    if others:
+        default += "; " + ", ".join(others)
     return f"{FIELD_HELP.get(name, 'see TrainConfig')} (default: {default})"
 
 
@@ -91,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Settings: the preset, then the TOML file, then these flags.",
     )
     parser.add_argument("--config", help="TOML file of TrainConfig keys")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="shot (default) or film")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), help="shot (default), film, talk or dance"
+    )
     parser.add_argument("--print-config", action="store_true", help="print the config and exit")
     group = parser.add_argument_group("config fields (override the preset and the TOML file)")
     for name in FIELD_NAMES:

@@ -1,7 +1,9 @@
-"""ERFT training configuration: one frozen dataclass, presets ``shot`` and ``film``, TOML loading.
+"""ERFT training configuration: one frozen dataclass, presets ``shot``, ``film``, ``talk`` and
+``dance``, TOML loading.
 
 Every number is a field with the official default (``train_svi.py`` + ``scripts/train/
-svi_{shot,film}.sh`` of vita-epfl/Stable-Video-Infinity; the launch scripts' values win over the
+svi_{shot,film}.sh``, ``train_svi_talk.py`` + ``svi_talk.sh``, ``train_svi_dance.py`` +
+``svi_dance.sh`` of vita-epfl/Stable-Video-Infinity; the launch scripts' values win over the
 argparse defaults). Use :func:`preset` or :func:`load_config` rather than building one by hand.
 """
 
@@ -22,6 +24,16 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+TrainMode = Literal["shot", "film", "talk", "dance"]
+"""What is trained: ``shot`` / ``film`` (a LoRA), ``talk`` (a LoRA on top of the frozen
+MultiTalk audio modules, :mod:`train.talk`), ``dance`` (a LoRA and the pose embedding,
+:mod:`train.dance`)."""
+
+Resize = Literal["crop", "stretch"]
+"""How frames reach ``height x width``: ``crop`` = a random crop to the target aspect, then a
+bilinear resize (shot, film, talk); ``stretch`` = the whole frame resized bilinearly, the aspect
+ignored (dance: the official crop is computed but never applied, train_svi_dance.py:582-606)."""
 
 Padding = Literal["random_frame", "zeros"]
 """Conditioning padding after the motion frames: ``random_frame`` = one frame of the same clip
@@ -46,6 +58,20 @@ class TrainConfig:
     it), or ``text_embeddings`` (a file of precomputed captions, svi_core's
     ``save_text_embeddings`` format), ``clip_vision_path`` (ViT-H; unset = no CLIP feature).
 
+    Multi-condition modes (each field unused elsewhere): ``fixed_caption`` replaces every caption
+    (official talk "the person is speaking", dance "the person is dancing");
+    ``center_square`` crops landscape frames to a centred square before the random crop (the
+    official talk preprocessing, prepare_video_audio.py:168-171); ``resize`` (see
+    :data:`Resize`). Talk: ``multitalk_path`` (MeiGen-MultiTalk ``multitalk.safetensors``,
+    frozen), ``wav2vec_path`` (local chinese-wav2vec2-base folder, only to fill the cache),
+    ``audio_dropout`` (both audio windows zeroed, train_svi_talk.py:969-973). Dance:
+    ``pose_dropout`` (the pose embedding's output zeroed: 1 - 0.95 x 0.9 = 0.145 from the two
+    official draws, train_svi_dance.py:1041-1048), ``image_dropout`` (y and the CLIP feature
+    zeroed together, no condition error then, :1049-1063), ``pose_hidden`` (channels inside the
+    pose embedding). ``init_lora``: a file whose LoRA (and, for dance, ``dwpose_embedding``)
+    starts the training (official ``--pretrained_lora_path``: the UniAnimate-DiT checkpoint for
+    dance).
+
     ERFT: ``erft_enabled`` False trains a plain LoRA (no banks, no injection). Injection
     probabilities ``noise_prob``/``latent_prob``/``condition_prob``, ``clean_prob`` (no
     injection; banks then update with ``clean_bank_update_prob``), ``bank_cells`` timestep
@@ -59,7 +85,7 @@ class TrainConfig:
     ``fsdp`` (FSDP2 per block; tested on CPU/gloo only). ``export_dtype`` of the exported LoRA file.
     """
 
-    mode: Literal["shot", "film"] = "shot"
+    mode: TrainMode = "shot"
     # data
     dataset: str = ""
     output_dir: str = "runs/svi-train"
@@ -74,6 +100,9 @@ class TrainConfig:
     augment_draws: int = 10
     default_caption: str = ""
     context_file: str = ""
+    fixed_caption: str = ""
+    center_square: bool = False
+    resize: Resize = "crop"
     # models
     dit_path: str = ""
     vae_path: str = ""
@@ -81,6 +110,14 @@ class TrainConfig:
     tokenizer_path: str = ""
     text_embeddings: str = ""
     clip_vision_path: str = ""
+    multitalk_path: str = ""
+    wav2vec_path: str = ""
+    init_lora: str = ""
+    # conditions (talk, dance)
+    audio_dropout: float = 0.0
+    pose_dropout: float = 0.0
+    image_dropout: float = 0.0
+    pose_hidden: int = 16
     # LoRA
     lora_rank: int = 128
     lora_alpha: float = 128.0
@@ -157,7 +194,11 @@ class TrainConfig:
         the run length or checkpoint cadence): a checkpoint only resumes the same fingerprint."""
         from svi_core.run_store import sha256_json  # lazy: keeps this module torch-free
 
-        d = {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
+        d = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in RUN_ONLY_FIELDS and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])
+        }
         return sha256_json(d)[:16]
 
 
@@ -179,9 +220,25 @@ RUN_ONLY_FIELDS = frozenset(
         "tokenizer_path",
         "text_embeddings",
         "clip_vision_path",
+        "multitalk_path",
+        "wav2vec_path",
+        "init_lora",
     }
 )
-"""Fields a resumed run may change (model paths too: the same weights may move)."""
+"""Fields a resumed run may change (model paths too: the same weights may move; ``init_lora``
+only matters before the first checkpoint)."""
+
+ADDED_FIELDS: dict[str, Any] = {
+    "fixed_caption": "",
+    "center_square": False,
+    "resize": "crop",
+    "audio_dropout": 0.0,
+    "pose_dropout": 0.0,
+    "image_dropout": 0.0,
+    "pose_hidden": 16,
+}
+"""Fields added with the talk / dance presets, with the value that means "as before": left out
+of the fingerprint at that value, so shot / film checkpoints of earlier versions still resume."""
 
 
 _FLOAT_RANGES: dict[str, tuple[float, float, str]] = {
@@ -205,6 +262,7 @@ _INT_MAXIMA: dict[str, int] = {
     "train_timesteps": 100_000,
     "log_every": 10**9,
     "max_epochs": 10**6,
+    "pose_hidden": 4096,
 }
 """Upper bounds of the integer settings that must be >= 1 (far above any real run)."""
 
@@ -225,6 +283,9 @@ def _check(c: TrainConfig) -> list[str]:
         p.append(f"num_motion_frames={c.num_motion_frames} must be in [1, num_frames)")
     for name in (
         "p_motion",
+        "audio_dropout",
+        "pose_dropout",
+        "image_dropout",
         "noise_prob",
         "latent_prob",
         "condition_prob",
@@ -262,6 +323,10 @@ def _check(c: TrainConfig) -> list[str]:
         )
     elif any(ord(ch) < 32 for ch in c.export_name):
         p.append(f"export_name={c.export_name!r} must not hold control characters")
+    if c.audio_dropout and c.mode != "talk":
+        p.append(f"audio_dropout={c.audio_dropout} needs mode 'talk' (there is no audio)")
+    if (c.pose_dropout or c.pose_hidden != 16) and c.mode != "dance":
+        p.append("pose_dropout / pose_hidden need mode 'dance' (there is no pose embedding)")
     if not c.lora_targets:
         p.append("lora_targets is empty")
     for t in c.lora_targets:
@@ -286,11 +351,48 @@ PRESETS: dict[str, dict[str, Any]] = {
     "shot": {"mode": "shot", "num_motion_frames": 1, "padding": "random_frame", "clean_prob": 0.2},
     # scripts/train/svi_film.sh: --num_motion_frames 5 --ref_pad_num 0 --clean_prob 0.5
     "film": {"mode": "film", "num_motion_frames": 5, "padding": "zeros", "clean_prob": 0.5},
+    # scripts/train/svi_talk.sh (--num_motion_frames 1 --ref_pad_num -1 --y_error_num 3
+    # --clean_prob 0.2, 10 epochs) + train_svi_talk.py defaults it keeps: 480 x 640
+    # (:109-120), the fixed text (:564), audio zeroed with p 0.1 (:969-973), frames from the
+    # preprocessor's centred square (prepare_video_audio.py:168-171)
+    "talk": {
+        "mode": "talk",
+        "num_motion_frames": 1,
+        "padding": "random_frame",
+        "clean_prob": 0.2,
+        "y_error_num": 3,
+        "height": 480,
+        "width": 640,
+        "center_square": True,
+        "fixed_caption": "the person is speaking",
+        "audio_dropout": 0.1,
+        "max_epochs": 10,
+    },
+    # scripts/train/svi_dance.sh (--y_error_num 1 --num_motion_frames 1 --ref_pad_num -1
+    # --clean_prob 0.2, 20 epochs) + train_svi_dance.py defaults: height 832 x width 480
+    # (:108-119), frames and pose frames stretched (:600-616), 'the person is dancing' (:621),
+    # pose output zeroed 14.5 % and y + CLIP zeroed 10 % (:1041-1063); one augmented draw per
+    # epoch as the official dataset re-draws every epoch
+    "dance": {
+        "mode": "dance",
+        "num_motion_frames": 1,
+        "padding": "random_frame",
+        "clean_prob": 0.2,
+        "y_error_num": 1,
+        "height": 832,
+        "width": 480,
+        "resize": "stretch",
+        "fixed_caption": "the person is dancing",
+        "pose_dropout": 0.145,  # 1 - (1 - 0.05)(1 - 0.1)
+        "image_dropout": 0.1,
+        "max_epochs": 20,
+        "augment_draws": 20,
+    },
 }
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
-    """The ``shot`` or ``film`` preset with optional field overrides."""
+    """A preset (``shot``, ``film``, ``talk``, ``dance``) with optional field overrides."""
     if name not in PRESETS:
         raise SVIError(f"unknown training preset {name!r}; choose one of {sorted(PRESETS)}")
     values = {**PRESETS[name], **overrides}
