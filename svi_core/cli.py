@@ -12,6 +12,12 @@ Every input is checked before any model is loaded. The run directory (default
 ``<output>.run/``) makes the run resumable: rerun the same command after a crash or Ctrl-C,
 or with a larger ``--clips`` to extend a finished video.
 
+A dancing video (SVI-Dance) adds a skeleton video; the SVI-Dance file holds the LoRA and the pose
+embedding::
+
+    python -m svi_core generate --mode dance --pose pose.mp4 --image dancer.png \\
+        --lora svi-dance.safetensors --model ... --vae ... --clip-vision ... --output dance.mp4
+
 ``report VIDEO --out DIR`` is forwarded to :func:`svi_core.report.main`; ``demo`` to
 :func:`svi_core.toy.demo.main`.
 """
@@ -32,6 +38,7 @@ from .errors import Cancelled, SVIError
 from .log import logger
 from .loop import LoopInputs, RunResult, RunSettings, check_output, open_run, run_clips
 from .modes import MODES, ModeConfig, get_mode
+from .pose_inputs import DanceInputs
 from .prompts import PromptStream, load_prompts
 from .video_io import DEFAULT_CRF
 
@@ -128,6 +135,7 @@ class GenerateOptions:
         output: the mp4. run_dir: the resumable run directory. device, dtype: where and in
         which dtype the DiT and text encoder run (the VAE and CLIP vision run in float32).
         batch_cfg: batch the CFG passes. progress: show tqdm bars.
+        dance: the checked SVI-Dance inputs (pose frames, the Dance file) for mode dance.
     """
 
     settings: RunSettings
@@ -140,6 +148,7 @@ class GenerateOptions:
     dtype: torch.dtype
     batch_cfg: bool = True
     progress: bool = True
+    dance: DanceInputs | None = None
 
 
 # ----- parsing ------------------------------------------------------------------------------
@@ -179,6 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--prompts", type=Path, help="prompt file (prompts = [...] or one per line)")
     i.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     i.add_argument("--negative", help="negative prompt (default: the mode's official one)")
+    d = g.add_argument_group("dance (mode dance: a dancing video from a skeleton video)")
+    d.add_argument("--pose", type=Path, help="skeleton video (or folder of frames) to follow")
+    d.add_argument(
+        "--pose-palette", choices=["official", "rgb"], default="official",
+        help="official: drawn by the official/UniAnimate scripts (BGR); rgb: ComfyUI/ControlNet",
+    )  # fmt: skip
+    d.add_argument(
+        "--pose-loop", choices=["loop", "pingpong", "hold"], default="loop",
+        help="past the end of the pose video: loop (official), pingpong or hold the last pose",
+    )  # fmt: skip
     s = g.add_argument_group("generation")
     s.add_argument("--mode", default="film", choices=list(MODES), help="SVI mode (default film)")
     s.add_argument("--clips", type=int, help="number of clips (default: the mode's rule)")
@@ -261,6 +280,10 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
     low_loras = tuple(LoraSpec.parse(t) for t in args.low_noise_lora)
     for spec in loras + low_loras:
         _need_file(spec.path, "LoRA file", "--lora")
+    dance = DanceInputs.check(
+        mode, pose=args.pose, palette=args.pose_palette, loop=args.pose_loop,
+        loras=[spec.path for spec in loras], dit=args.model,
+    )  # fmt: skip
     if low_loras and args.low_noise_model is None:
         raise SVIError("--low-noise-lora needs --low-noise-model (the Wan2.2 low-noise expert)")
     if args.prompts is not None and args.prompt:
@@ -269,6 +292,8 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         prompts = load_prompts(args.prompts)
     elif args.prompt:
         prompts = [p.strip() for p in args.prompt if p.strip()]
+    elif mode.default_prompt:
+        prompts = [mode.default_prompt]
     else:
         raise SVIError("no prompt: pass --prompts FILE or --prompt TEXT")
     PromptStream.for_mode(prompts, mode)  # empty -> error
@@ -283,7 +308,14 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         size = None
     reference = load_reference(args.image, mode, size)  # unreadable image -> SVIError
     height, width = int(reference.shape[0]), int(reference.shape[1])
-    clips = args.clips if args.clips is not None else mode.clip_count(len(prompts))
+    if dance is not None:  # every pose frame read and fitted before any model loads
+        dance = dance.read(width, height)
+    pose_frames = dance.frames if dance is not None else None
+    clips = (
+        args.clips
+        if args.clips is not None
+        else mode.clip_count(len(prompts), pose_frames=pose_frames)
+    )
     settings = RunSettings(mode=mode, width=width, height=height, num_clips=clips, crf=args.crf)
     settings.validate()
     output = args.output
@@ -317,6 +349,7 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         dtype=dtype,
         batch_cfg=not args.no_batch_cfg,
         progress=not args.no_progress,
+        dance=dance,
     )
 
 
@@ -338,10 +371,12 @@ def build_backend(opts: GenerateOptions):
 
     f, dev = opts.files, torch.device(opts.device)
 
+    read_lora = opts.dance.load_lora if opts.dance is not None else load_lora
+
     def dit(path: Path, loras: Sequence[LoraSpec]) -> torch.nn.Module:
         model = load_wan_transformer(path, dtype=opts.dtype)
         for spec in loras:
-            apply_lora_to_diffusers(model, load_lora(spec.path), spec.strength)
+            apply_lora_to_diffusers(model, read_lora(spec.path), spec.strength)
         return model.to(dev)
 
     high = dit(f.model, f.loras)
@@ -372,6 +407,7 @@ def build_backend(opts: GenerateOptions):
         device=dev,
         dtype=opts.dtype,
         batch_cfg=opts.batch_cfg,
+        extras={"pose": opts.dance.hook(high)} if opts.dance is not None else None,
     )
     # every prompt is known up front: encode them all, then free the text encoder
     backend.precompute_text([*opts.prompts, opts.settings.mode.negative_prompt])
@@ -383,7 +419,10 @@ def generate(opts: GenerateOptions, backend=None) -> RunResult:
     mode = opts.settings.mode
     reference = load_reference(opts.image, mode, (opts.settings.width, opts.settings.height))
     inputs = LoopInputs(
-        reference=reference, prompts=opts.prompts, fingerprints=opts.files.fingerprints()
+        reference=reference,
+        prompts=opts.prompts,
+        fingerprints=opts.files.fingerprints(),
+        conditions=(opts.dance.condition(),) if opts.dance is not None else (),
     )
     # the run directory and the output are checked (and the run locked) before any model loads
     check_output(opts.output)
