@@ -23,10 +23,12 @@ from ..svi_core.errors import Cancelled
 from ..svi_core.latents import denormalise
 from ..svi_core.loop import LoopInputs, RunSettings, prepare_run, run_clips
 from ..svi_core.modes import get_mode, mode_names
+from ..svi_core.pose import LOOP_POLICIES
 from ..svi_core.run_store import sha256_json
 from .backend import ComfyBackend
 from .checks import EXISTING_RUN, check_models, model_fingerprint, pick_run
 from .convert import reference_from_image, run_video
+from .dance import LOOP_TOOLTIP, PALETTE_CHOICES, PALETTE_TOOLTIP, dance_parts
 from .prompts import EncodedPrompts, SVIPrompts
 
 MAX_SIZE = 4096
@@ -48,11 +50,20 @@ def _settings(kwargs: dict[str, Any], prompts: EncodedPrompts, image: torch.Tens
     width, height = kwargs["width"], kwargs["height"]
     if width == 0 or height == 0:
         width, height = reference_size(mode, int(image.shape[2]), int(image.shape[1]))
-    clips = kwargs["clips"] or mode.clip_count(len(prompts.texts))
+    pose = kwargs.get("pose_video")
+    pose_frames = None if pose is None else int(pose.shape[0])
+    clips = kwargs["clips"] or mode.clip_count(len(prompts.texts), pose_frames=pose_frames)
     return RunSettings(mode=mode, width=width, height=height, num_clips=clips)
 
 
-def _inputs(kw: dict[str, Any], prompts: EncodedPrompts, reference: torch.Tensor, mode) -> Any:
+def _inputs(
+    kw: dict[str, Any],
+    prompts: EncodedPrompts,
+    reference: torch.Tensor,
+    mode,
+    conditions=(),
+    more=None,
+) -> Any:
     """The loop inputs of the node: the reference, the encoded prompts (keyed by their texts,
     so the run store never hashes conditioning tensors), the negative, and fingerprints of
     what the loop cannot see: prompt texts and repeat, negative text, sampler/scheduler and
@@ -66,12 +77,14 @@ def _inputs(kw: dict[str, Any], prompts: EncodedPrompts, reference: torch.Tensor
     }
     if kw.get("low_noise_model") is not None:
         fingerprints["low_noise_model"] = model_fingerprint(kw["low_noise_model"])
+    fingerprints.update(more or {})
     return LoopInputs(
         reference=reference,
         prompts=list(prompts.positives),
         negative=negative,
         fingerprints=fingerprints,
         prompt_keys=[sha256_json(t) for t in prompts.texts],
+        conditions=tuple(conditions),
     )
 
 
@@ -227,6 +240,26 @@ class SVIInfiniteSampler(io.ComfyNode):
                     optional=True,
                     tooltip="Wan2.1 modes: CLIP vision H (clip_vision_h.safetensors); unused on Wan2.2.",
                 ),
+                io.Image.Input(
+                    "pose_video",
+                    optional=True,
+                    tooltip="Mode dance: the skeleton video to follow (Load Video -> Get Video "
+                    "Components, or a DWPose / SDPose node); it loops when shorter than the run.",
+                ),
+                io.Combo.Input(
+                    "pose_palette",
+                    options=list(PALETTE_CHOICES),
+                    default="rgb",
+                    optional=True,
+                    tooltip=PALETTE_TOOLTIP,
+                ),
+                io.Combo.Input(
+                    "pose_loop",
+                    options=list(LOOP_POLICIES),
+                    default="loop",
+                    optional=True,
+                    tooltip=LOOP_TOOLTIP,
+                ),
             ],
             outputs=[
                 io.Video.Output(
@@ -257,7 +290,11 @@ class SVIInfiniteSampler(io.ComfyNode):
         mode = settings.mode
         check_models(mode, kw["model"], kw.get("low_noise_model"), kw.get("clip_vision"))
         reference = reference_from_image(image, settings.width, settings.height)
-        inputs = _inputs(kw, prompts, reference, mode)
+        conditions, extras, more = dance_parts(
+            mode, kw["model"], kw.get("pose_video"), settings.width, settings.height,
+            palette=kw.get("pose_palette", "rgb"), loop=kw.get("pose_loop", "loop"),
+        )  # fmt: skip
+        inputs = _inputs(kw, prompts, reference, mode, conditions, more)
         run = prepare_run(settings, inputs)
         store = pick_run(
             folder_paths.get_output_directory(), kw["run_name"], kw["on_existing_run"], run
@@ -276,6 +313,7 @@ class SVIInfiniteSampler(io.ComfyNode):
             low_noise_model=kw.get("low_noise_model"),
             sampler_name=kw["sampler_name"],
             scheduler=kw["scheduler"],
+            extras=extras,
         )
         video_path = run_video(run_dir)
         try:

@@ -33,7 +33,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import SVIError
-from .pose import LOOP_POLICIES, PoseSequence, pose_window_indices
+from .pose import (
+    LOOP_POLICIES,
+    LoopPolicy,
+    PoseSequence,
+    pose_window_indices,
+    prepare_pose_frames,
+)
 from .pose_align import Palette
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -138,6 +144,29 @@ class PoseCondition:
             )
         if self.poses.policy not in LOOP_POLICIES:
             raise SVIError(f"pose loop {self.poses.policy!r} must be one of {LOOP_POLICIES}")
+
+    @classmethod
+    def from_frames(
+        cls,
+        frames: Any,
+        width: int,
+        height: int,
+        *,
+        palette: Palette = "official",
+        loop: LoopPolicy = "loop",
+        source: str = "pose frames",
+    ) -> PoseCondition:
+        """The condition of skeleton frames of any size (uint8 ``[N, h, w, 3]`` or a sequence of
+        ``[h, w, 3]`` frames), fitted to ``width x height`` like the official code (letterbox,
+        logged when the aspect differs); ``rgb`` frames get red and blue swapped.
+
+        Raises:
+            SVIError: no frame, a frame that is not an 8-bit RGB image, a bad palette / loop.
+        """
+        if palette not in PALETTES:
+            raise SVIError(f"pose palette {palette!r} must be one of {', '.join(PALETTES)}")
+        fitted = prepare_pose_frames(frames, width, height, swap_rb=palette == "rgb", source=source)
+        return cls(PoseSequence(frames=fitted, source=source, policy=loop), palette=palette)
 
     @cached_property
     def _digests(self) -> _Digests:

@@ -42,10 +42,13 @@ from .pose import (
     LOOP_POLICIES,
     POSE_KEY_MARKER,
     LoopPolicy,
+    PoseEmbedding,
     PoseSequence,
     load_dance_file,
+    load_pose_embedding,
     prepare_pose_frames,
     read_pose_video,
+    split_dance_state_dict,
 )
 from .pose_align import Palette
 from .pose_condition import PALETTES, PoseCondition
@@ -288,3 +291,51 @@ class DanceInputs:
         hook = PoseHook(pose, str(self.dance_file))
         hook.check(transformer)
         return hook
+
+
+def load_lora_and_pose(
+    path: str | Path, *, expected_dim: int | None = None
+) -> tuple[LoraWeights, PoseEmbedding | None]:
+    """A LoRA file that may be the SVI-Dance file: its LoRA and, when it holds ``dwpose_embedding.*``
+    tensors, the pose embedding (else None). The file is read once.
+
+    Raises:
+        CheckpointError: unreadable file, LoRA keys that cannot be read, a pose embedding of
+            another layout or of another width than ``expected_dim``.
+    """
+    from .checkpoints import load_state_dict
+
+    src = str(path)
+    lora_sd, pose_sd = split_dance_state_dict(load_state_dict(path), src)
+    if not pose_sd:
+        return normalise_lora_keys(lora_sd, src), None
+    pose = load_pose_embedding(pose_sd, src, expected_dim=expected_dim)
+    if not lora_sd:
+        raise CheckpointError(
+            f"'{src}' holds a pose embedding but no LoRA tensors; an SVI-Dance file holds both "
+            "(the DiT LoRA and dwpose_embedding). The file is incomplete."
+        )
+    return normalise_lora_keys(lora_sd, src), pose
+
+
+def refuse_model_without_pose_support(
+    *, dit_width: int, image_embedding: bool, pose_dim: int, source: str, model: str
+) -> None:
+    """Refuse a DiT the SVI-Dance pose embedding cannot drive (before anything is applied).
+
+    SVI-Dance is Wan2.1-I2V-14B + the embedding (``svi_video_dance.py:254-275``): the DiT must
+    take CLIP-vision features (Wan2.2 A14B experts have no ``img_emb``) and be as wide as the
+    embedding's last conv (5120 in the official file).
+    """
+    if not image_embedding:
+        raise CheckpointError(
+            f"'{source}' is an SVI-Dance file (LoRA + pose embedding) for Wan2.1-I2V-14B, but "
+            f"{model} has no image embedding (a Wan2.2 expert or a text-to-video DiT) and no pose "
+            "support; load it on the Wan2.1 I2V 14B model (wan2.1_i2v_480p_14B_*.safetensors)"
+        )
+    if dit_width != pose_dim:
+        raise CheckpointError(
+            f"'{source}': its pose embedding is {pose_dim} wide but {model} is {dit_width} wide"
+            f"{' (Wan2.1 1.3B?)' if dit_width == 1536 else ''}; the SVI-Dance file is made for "
+            "Wan2.1-I2V-14B (5120). Load it on that model."
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from _svi_fakes import FakeBackend
@@ -326,3 +327,84 @@ def test_dance_run_on_tiny_models_cancelled_and_resumed_bit_exactly(tmp_path) ->
     # a backend without the pose hook refuses the clip instead of ignoring the skeleton
     with pytest.raises(SVIError, match="cannot apply the per-clip condition"):
         run_clips(backend(pose=False), s, inputs, tmp_path / "d")
+
+
+# ----- the pieces the ComfyUI nodes use ------------------------------------------------------
+
+
+def test_condition_from_any_size_frames_letterboxed_and_swapped(caplog) -> None:
+    frames = torch.zeros(4, 16, 48, 3, dtype=torch.uint8)  # 3:1 into a 48x32 video
+    frames[..., 0] = 200  # red skeleton
+    with caplog.at_level("INFO", logger="svi"):
+        cond = PoseCondition.from_frames(frames, W, H, palette="rgb", source="pose_video")
+    f = cond.poses.frames
+    assert f.shape == (4, H, W, 3) and cond.palette == "rgb"
+    # 16 rows scaled by 1 (min(32/16, 48/48)), centred: 8 black rows above and below
+    assert f[:, :8].max() == 0 and f[:, 24:].max() == 0
+    assert f[0, 16, 10].tolist() == [0, 0, 200]  # rgb palette: red and blue swapped
+    assert "padded with black" in caplog.text
+    official = PoseCondition.from_frames(frames, W, H)
+    assert official.poses.frames[0, 16, 10].tolist() == [200, 0, 0]
+    with pytest.raises(SVIError, match="palette"):
+        PoseCondition.from_frames(frames, W, H, palette="bgr")
+    with pytest.raises(SVIError, match="no frames"):
+        PoseCondition.from_frames(frames[:0], W, H)
+
+
+def test_lora_and_pose_from_one_file(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from svi_core.errors import CheckpointError
+    from svi_core.pose_inputs import load_lora_and_pose, refuse_model_without_pose_support
+
+    torch.manual_seed(0)
+    emb = PoseEmbedding(24)
+    lora = {
+        "pipe.dit.blocks.0.self_attn.q.lora_A.default.weight": torch.randn(2, 24),
+        "pipe.dit.blocks.0.self_attn.q.lora_B.default.weight": torch.randn(24, 2),
+    }
+    pose = {f"dwpose_embedding.{k}": v for k, v in emb.state_dict().items()}
+    save_file({**lora, **pose}, str(tmp_path / "dance.safetensors"))
+    save_file(lora, str(tmp_path / "plain.safetensors"))
+    weights, got = load_lora_and_pose(tmp_path / "dance.safetensors")
+    assert list(weights.entries) == ["blocks.0.self_attn.q"] and got is not None
+    for k, v in emb.state_dict().items():
+        assert torch.equal(got.state_dict()[k], v)
+    weights, none = load_lora_and_pose(tmp_path / "plain.safetensors")
+    assert none is None and len(weights.entries) == 1
+    with pytest.raises(CheckpointError, match="24 wide"):
+        load_lora_and_pose(tmp_path / "dance.safetensors", expected_dim=48)
+    kw = dict(pose_dim=5120, source="svi-dance.safetensors", model="'wan2.2_high.safetensors'")
+    with pytest.raises(CheckpointError, match="no image embedding .*Wan2.2 expert"):
+        refuse_model_without_pose_support(dit_width=5120, image_embedding=False, **kw)
+    with pytest.raises(CheckpointError, match="5120 wide but .* is 1536 wide \\(Wan2.1 1.3B\\?\\)"):
+        refuse_model_without_pose_support(dit_width=1536, image_embedding=True, **kw)
+    refuse_model_without_pose_support(dit_width=5120, image_embedding=True, **kw)
+
+
+def _openpose(body: np.ndarray, w: float, h: float) -> dict:
+    pts = []
+    for x, y in body[:18]:
+        pts += [float(x * w), float(y * h), 0.9]
+    return {"canvas_width": w, "canvas_height": h, "people": [{"pose_keypoints_2d": pts}]}
+
+
+def test_aligned_skeleton_video_from_pose_keypoint() -> None:
+    from test_pose_align import _person
+
+    from svi_core.pose_align import aligned_skeleton_video
+
+    driving = [_openpose(_person(1, 0.01).body, 512, 768) for _ in range(3)]
+    ref_kp = _person(7)
+    reference = _openpose(ref_kp.body, 300, 600)  # one dict (a single image) is accepted
+    video = aligned_skeleton_video(driving, reference, 64, 96)
+    plain = aligned_skeleton_video(driving, None, 64, 96)
+    assert video.shape == plain.shape == (3, 96, 64, 3) and video.dtype == np.uint8
+    assert video.max() > 0 and not np.array_equal(video, plain)
+    # aligned: frame 0's neck lands on the reference's neck (a bright disc there)
+    nx, ny = ref_kp.body[1]
+    assert video[0, int(ny * 96), int(nx * 64)].max() == 255
+    with pytest.raises(SVIError, match="no person was detected"):
+        aligned_skeleton_video(
+            driving, {"canvas_width": 9, "canvas_height": 9, "people": []}, 64, 96
+        )

@@ -37,6 +37,7 @@ SVI_NODES = [
     "SVIClipConditioning",
     "SVIDriftReport",
     "SVIToyModels",
+    "SVIPoseAlign",
 ]
 FRAMES, WIDTH, HEIGHT, STEPS = 9, 64, 64, 2
 

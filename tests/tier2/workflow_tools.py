@@ -26,6 +26,8 @@ UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 CLIP_VISION = "clip_vision_h.safetensors"
 LORA_SHOT = "svi-shot.safetensors"
 LORA_FILM = "svi-film-opt-10212025.safetensors"
+LORA_DANCE = "svi-dance.safetensors"
+POSE_VIDEO = "dance_pose.mp4"
 LORA_PRO_HIGH = "SVI_v2_PRO_Wan2.2-I2V-A14B_HIGH_lora_rank_128_fp16.safetensors"
 LORA_PRO_LOW = "SVI_v2_PRO_Wan2.2-I2V-A14B_LOW_lora_rank_128_fp16.safetensors"
 SPEED_HIGH = "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors"
@@ -34,6 +36,11 @@ SPEED_LOW = "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors"
 # node type -> (socket inputs [(name, type)], outputs [(name, type)])
 SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "LoadImage": ([], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "LoadVideo": ([], [("VIDEO", "VIDEO")]),
+    "GetVideoComponents": (
+        [("video", "VIDEO")],
+        [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")],
+    ),
     "CLIPLoader": ([], [("CLIP", "CLIP")]),
     "CLIPVisionLoader": ([], [("CLIP_VISION", "CLIP_VISION")]),
     "SVIModelLoader": ([], [("model", "MODEL"), ("low_noise_model", "MODEL"), ("vae", "VAE")]),
@@ -47,6 +54,7 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
             ("reference_image", "IMAGE"),
             ("low_noise_model", "MODEL"),
             ("clip_vision", "CLIP_VISION"),
+            ("pose_video", "IMAGE"),
         ],
         [("video", "VIDEO"), ("last_latent", "LATENT"), ("last_frames", "IMAGE")],
     ),
@@ -146,11 +154,21 @@ def _build(spec: list[dict[str, Any]], links: list[tuple[int, int, int, int]]) -
     }
 
 
-def _sampler_widgets(mode: str, clips: int, cfg: float, fps: float, run: str) -> list[Any]:
+def _sampler_widgets(
+    mode: str,
+    clips: int,
+    cfg: float,
+    fps: float,
+    run: str,
+    *,
+    size: tuple[int, int] = (832, 480),
+    palette: str = "rgb",
+) -> list[Any]:
     # mode, clips, frames, width, height, steps, cfg, sampler, scheduler, shift, seed,
-    # control_after_generate, seed_stride, fps, run_name, on_existing_run, boundary
-    return [mode, clips, 81, 832, 480, 50, cfg, "euler", "simple", 5.0, 0, "fixed", 42, fps,
-            run, "resume or new", 0.875]  # fmt: skip
+    # control_after_generate, seed_stride, fps, run_name, on_existing_run, boundary,
+    # pose_palette, pose_loop
+    return [mode, clips, 81, *size, 50, cfg, "euler", "simple", 5.0, 0, "fixed", 42, fps,
+            run, "resume or new", 0.875, palette, "loop"]  # fmt: skip
 
 
 def shot() -> dict[str, Any]:
@@ -241,11 +259,58 @@ def pro() -> dict[str, Any]:
     return _build(spec, links)
 
 
+def dance() -> dict[str, Any]:
+    how = (
+        "**input/** (Load Video and Load Image)\n"
+        f"- `{POSE_VIDEO}`: the skeleton (pose) video the dancer follows, and `example.png`: the "
+        "dancer (one person, full body; the video keeps the image's aspect, width up to 640).\n\n"
+        "## Getting a pose video\n"
+        "- The official example: `data/toy_test/dance/pose.mp4` in vita-epfl/Stable-Video-Infinity "
+        "(drawn by the official scripts: set **pose_palette official**).\n"
+        "- From any dance video, in ComfyUI: Load Video -> Get Video Components -> a pose node "
+        "(DWPose Estimator of comfyui_controlnet_aux, or core SDPose: SDPose Keypoint Extractor -> "
+        "SDPose Draw Keypoints), its image straight into **pose_video** (or saved with Save Video) "
+        "with **pose_palette rgb** (ComfyUI pose nodes draw RGB colours).\n"
+        "- Fitted to the dancer: **SVI Pose Align** draws the dance's POSE_KEYPOINT rescaled to the "
+        "dancer's own keypoints (POSE_KEYPOINT of the dancer image), as the official "
+        "run_align_pose.py does; connect it to pose_video with pose_palette rgb.\n\n"
+        "One pose frame drives one video frame (the pose video's frame rate is ignored). Pose "
+        "frames of another aspect are scaled and padded with black like the official code.\n\n"
+        "## Settings\n"
+        "Official: CFG 2 (the pose goes to both passes), 50 steps, shift 5, 25 fps, prompt "
+        '"the person is dancing". width/height 0 = from the image (width up to 640). clips 0 '
+        "= enough clips to play the pose video once (the official script makes 10 and loops the "
+        "pose); pose_loop decides what happens past its end."
+    )
+    spec = [
+        {"id": 1, "type": "SVIModelLoader", "pos": [0, 0], "size": [380, 220],
+         "widgets": [WAN21_MODEL, LORA_DANCE, 1.0, VAE, "none", "none", "default"]},
+        {"id": 2, "type": "CLIPLoader", "pos": [0, 260], "widgets": [UMT5, "wan", "default"]},
+        {"id": 3, "type": "CLIPVisionLoader", "pos": [0, 400], "widgets": [CLIP_VISION]},
+        {"id": 4, "type": "LoadImage", "pos": [0, 520], "size": [320, 320], "widgets": ["example.png", "image"]},
+        {"id": 8, "type": "LoadVideo", "pos": [420, 560], "size": [320, 300], "widgets": [POSE_VIDEO, "image"]},
+        {"id": 9, "type": "GetVideoComponents", "pos": [420, 900], "size": [240, 90]},
+        {"id": 5, "type": "SVIPromptStream", "pos": [420, 260], "size": [400, 260],
+         "widgets": ["the person is dancing", 0, ""]},
+        {"id": 6, "type": "SVIInfiniteSampler", "pos": [860, 0], "size": [420, 760],
+         "widgets": _sampler_widgets("dance", 0, 2.0, 25.0, "svi_dance", size=(0, 0),
+                                     palette="official")},
+        {"id": 7, "type": "MarkdownNote", "pos": [-440, 0], "size": [420, 900], "title": "Model files",
+         "widgets": [_note(False, [LORA_DANCE + " (vita-video-gen/svi-model, version-1.0: the "
+                                   "SVI-Dance LoRA AND its pose embedding in one file; load it "
+                                   "with the SVI loaders, ComfyUI's Load LoRA drops the pose "
+                                   "embedding)"], how)]},
+    ]  # fmt: skip
+    links = [(1, 0, 6, 0), (1, 2, 6, 1), (5, 0, 6, 2), (4, 0, 6, 3), (3, 0, 6, 5), (2, 0, 5, 0),
+             (8, 0, 9, 0), (9, 0, 6, 6)]  # fmt: skip
+    return _build(spec, links)
+
+
 def toy() -> dict[str, Any]:
     """The toy CPU demo: shipped toy models, 20 clips of 13 frames at 64x48, then the drift
     report (about a minute on a CPU)."""
     widgets = ["tom", 20, 13, 64, 48, 10, 1.0, "euler", "simple", 5.0, 0, "fixed", 42, 16.0,
-               "svi_toy_demo", "resume or new", 0.875]  # fmt: skip
+               "svi_toy_demo", "resume or new", 0.875, "rgb", "loop"]  # fmt: skip
     note = (
         "## Toy CPU demo (no download)\n\n"
         "**SVI Toy Models** loads the tiny toy Wan2.1 I2V models shipped with the pack "
@@ -276,6 +341,7 @@ BUILDERS = {
     "SVI-Shot_Wan2.1": shot,
     "SVI-Film_Wan2.1_prompt_stream": film,
     "SVI-2.0-Pro_Wan2.2": pro,
+    "SVI-Dance_Wan2.1": dance,
     "SVI-Toy_CPU_demo": toy,
 }
 
