@@ -115,8 +115,9 @@ class SVIInfiniteSampler(io.ComfyNode):
                     "mode",
                     options=mode_names(),
                     default="film",
-                    tooltip="SVI preset: shot/film/tom/v2 on Wan2.1 I2V 14B; v2_w22/v2_pro on "
-                    "Wan2.2 I2V A14B (two experts). Must match the LoRA.",
+                    tooltip="SVI preset: shot/film/tom/v2/dance on Wan2.1 I2V 14B; v2_w22/v2_pro on "
+                    "Wan2.2 I2V A14B (two experts). Must match the LoRA (dance: "
+                    "svi-dance.safetensors and a pose_video).",
                 ),
                 io.Int.Input(
                     "clips",
