@@ -261,6 +261,8 @@ def pro() -> dict[str, Any]:
 
 def dance() -> dict[str, Any]:
     how = (
+        f"`{LORA_DANCE}` (version-1.0) holds the SVI-Dance LoRA AND its pose embedding: load it "
+        "with the SVI loaders (ComfyUI's Load LoRA drops the pose embedding).\n\n"
         "**input/** (Load Video and Load Image)\n"
         f"- `{POSE_VIDEO}`: the skeleton (pose) video the dancer follows, and `example.png`: the "
         "dancer (one person, full body; the video keeps the image's aspect, width up to 640).\n\n"
@@ -296,10 +298,7 @@ def dance() -> dict[str, Any]:
          "widgets": _sampler_widgets("dance", 0, 2.0, 25.0, "svi_dance", size=(0, 0),
                                      palette="official")},
         {"id": 7, "type": "MarkdownNote", "pos": [-440, 0], "size": [420, 900], "title": "Model files",
-         "widgets": [_note(False, [LORA_DANCE + " (vita-video-gen/svi-model, version-1.0: the "
-                                   "SVI-Dance LoRA AND its pose embedding in one file; load it "
-                                   "with the SVI loaders, ComfyUI's Load LoRA drops the pose "
-                                   "embedding)"], how)]},
+         "widgets": [_note(False, [LORA_DANCE], how)]},
     ]  # fmt: skip
     links = [(1, 0, 6, 0), (1, 2, 6, 1), (5, 0, 6, 2), (4, 0, 6, 3), (3, 0, 6, 5), (2, 0, 5, 0),
              (8, 0, 9, 0), (9, 0, 6, 6)]  # fmt: skip
