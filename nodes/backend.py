@@ -171,16 +171,15 @@ class ComfyBackend:
         continues from step ``switch`` without adding noise.
         """
         unknown_extras(request, self.extras, "ComfyUI")
-        if request.guidance.kind != "cfg":
-            raise SVIError(
-                f"clip {request.index}: {request.guidance.describe()} guidance needs the "
-                "ComfyUI hook of its mode; this sampler supports classifier-free guidance only"
-            )
         if request.lora_strengths:
             raise SVIError(
                 f"clip {request.index}: per-clip LoRA strengths need the schedule's model "
                 "patcher; this sampler applies the LoRAs as loaded"
             )
+        if request.guidance.kind != "cfg":  # SVI-Talk's text/audio passes: nodes.guider
+            from .guider import denoise_guided
+
+            return denoise_guided(self, request, on_step)
         ts = getattr(request, "timestep_dtype", "float32")
         high = self._patch_extras(self._shift(self.model, request.shift, ts), request)
         low = None

@@ -10,7 +10,7 @@ import torch
 
 from ..svi_core.errors import RunMismatchError, SVIError
 from ..svi_core.loop import PreparedRun
-from ..svi_core.modes import ModeConfig
+from ..svi_core.modes import ModeConfig, clip_vision_problem
 from ..svi_core.run_store import LOCK, RunStore, sha256_json
 from ..svi_core.schedule import NUM_TRAIN_TIMESTEPS, FlowSchedule, expert_switch_step
 from .convert import run_directory, sanitise_run_name
@@ -43,12 +43,12 @@ def check_models(mode: ModeConfig, model: Any, low_noise_model: Any, clip_vision
                 f"mode {mode.name!r} is a Wan2.2 mode but {name} is a Wan2.1 I2V DiT; pick a "
                 "Wan2.1 mode (shot, film, tom, v2) or load the Wan2.2 A14B experts"
             )
+    no_clip = clip_vision_problem(
+        mode, clip_vision is not None, "connect Load CLIP Vision to the clip_vision input"
+    )
+    if no_clip:
+        raise SVIError(no_clip)
     if mode.model == "wan2.1":
-        if clip_vision is None:
-            raise SVIError(
-                f"mode {mode.name!r} (Wan2.1) needs CLIP vision: connect Load CLIP Vision "
-                "(clip_vision_h.safetensors) to clip_vision"
-            )
         if low_noise_model is not None:
             raise SVIError(
                 f"mode {mode.name!r} (Wan2.1) uses one model; disconnect low_noise_model"

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
+from ..svi_core import limits as L
 from ..svi_core.conditioning import (
     Carry,
     build_conditioning,
@@ -22,7 +23,7 @@ from ..svi_core.conditioning import (
 )
 from ..svi_core.errors import SVIError
 from ..svi_core.latents import normalise
-from ..svi_core.modes import get_mode, mode_names
+from ..svi_core.modes import clip_vision_problem, get_mode, mode_names
 from .backend import ComfyBackend, image_condition
 from .convert import image_to_pixels, reference_from_image
 
@@ -78,24 +79,24 @@ class SVIClipConditioning(io.ComfyNode):
                 io.Int.Input(
                     "width",
                     default=832,
-                    min=16,
-                    max=4096,
+                    min=L.MIN_SIDE,
+                    max=L.MAX_SIDE,
                     step=16,
                     tooltip="Video width (multiple of 16).",
                 ),
                 io.Int.Input(
                     "height",
                     default=480,
-                    min=16,
-                    max=4096,
+                    min=L.MIN_SIDE,
+                    max=L.MAX_SIDE,
                     step=16,
                     tooltip="Video height (multiple of 16).",
                 ),
                 io.Int.Input(
                     "frames",
                     default=81,
-                    min=5,
-                    max=1001,
+                    min=L.MIN_FRAMES,
+                    max=L.MAX_FRAMES,
                     step=4,
                     tooltip="Frames of the clip, 4k + 1.",
                 ),
@@ -157,11 +158,11 @@ class SVIClipConditioning(io.ComfyNode):
             )
         check_frames(frames)
         check_size(width, height)
-        if cfg.clip_vision and clip_vision is None:
-            raise SVIError(
-                f"mode {mode!r} (Wan2.1) needs CLIP vision: connect Load CLIP Vision "
-                "(clip_vision_h.safetensors)"
-            )
+        no_clip = clip_vision_problem(
+            cfg, clip_vision is not None, "connect Load CLIP Vision to the clip_vision input"
+        )
+        if no_clip:
+            raise SVIError(no_clip)
         reference = reference_from_image(reference_image, width, height)
         carry = carry_from_inputs(cfg, previous_images, previous_latent)
         backend = ComfyBackend(None, vae, clip_vision=clip_vision if cfg.clip_vision else None)

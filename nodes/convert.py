@@ -18,11 +18,8 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from ..svi_core.errors import SVIError
-from ..svi_core.prompts import parse_prompts
 
 _WEIGHT = ".weight"
-_LIST_ASSIGNMENT = re.compile(r"^[ \t]*prompts[ \t]*=[ \t]*\[", re.MULTILINE)
-_BLANK_LINE = re.compile(r"\n[ \t]*\n")
 
 
 def image_to_pixels(image: torch.Tensor) -> torch.Tensor:
@@ -113,30 +110,6 @@ def first_missing(keys: Iterable[str], available: Iterable[str]) -> str | None:
         if key not in have:
             return key
     return None
-
-
-def split_prompt_text(text: str, source: str = "SVI Prompt Stream text") -> list[str]:
-    """Prompts from a text box.
-
-    A ``prompts = [...]`` list literal (or a bare ``[...]``) is read with
-    ``svi_core.prompts.parse_prompts`` (``ast.literal_eval``, never executed). Otherwise ``#``
-    lines are comments and, when the text has blank lines, each blank-line-separated
-    paragraph is one prompt (its lines joined with spaces); without blank lines every
-    non-empty line is one prompt. Raises SVIError when no prompt is left.
-    """
-    stripped = text.strip()
-    if _LIST_ASSIGNMENT.search(text) or (stripped.startswith("[") and stripped.endswith("]")):
-        return parse_prompts(text, source=source)
-    lines = [ln for ln in text.replace("\r\n", "\n").split("\n") if not ln.strip().startswith("#")]
-    body = "\n".join(lines).strip()
-    if _BLANK_LINE.search(body):
-        prompts = [" ".join(p.split()) for p in _BLANK_LINE.split(body)]
-    else:
-        prompts = [ln.strip() for ln in lines]
-    prompts = [p for p in prompts if p]
-    if not prompts:
-        raise SVIError(f"{source}: no prompt found; write one prompt per paragraph or line")
-    return prompts
 
 
 def reference_from_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:

@@ -3,13 +3,11 @@
 A thin wrapper over ``svi_core.report.build_report``: it finds the video (a run name from the
 SVI Infinite Sampler or a VIDEO input), reads the clip layout from the run's manifest (or
 takes clip frames / overlap), writes ``report.json`` + ``report.png`` inside the output folder
-and shows the plot.
+(the plot is drawn with PIL when matplotlib is absent, as in a stock ComfyUI) and shows it.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 from typing import Any
 
@@ -18,12 +16,12 @@ import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
+from ..svi_core import limits as L
 from ..svi_core.drift import video_size
 from ..svi_core.errors import SVIError
 from ..svi_core.report import build_report, layout_from_run
 from .convert import reference_from_image
-from .drift_paths import REPORT_SUBFOLDER, resolve_target, summary_text
-from .drift_plot import render_report
+from .drift_paths import REPORT_SUBFOLDER, inside_output, resolve_target, summary_text
 
 
 def _video_file(video: Any, output_root: str) -> str | None:
@@ -33,8 +31,9 @@ def _video_file(video: Any, output_root: str) -> str | None:
     source = video.get_stream_source() if hasattr(video, "get_stream_source") else None
     if isinstance(source, str):
         return source
-    path = os.path.join(output_root, REPORT_SUBFOLDER, "from_memory", "video.mp4")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    folder = os.path.join(output_root, REPORT_SUBFOLDER, "from_memory")
+    os.makedirs(inside_output(output_root, folder, "folder"), exist_ok=True)
+    path = inside_output(output_root, os.path.join(folder, "video.mp4"), "video file")
     video.save_to(path)
     return path
 
@@ -74,7 +73,7 @@ class SVIDriftReport(io.ComfyNode):
                     "clip_frames",
                     default=0,
                     min=0,
-                    max=1001,
+                    max=L.MAX_FRAMES,
                     tooltip="Frames per generated clip (e.g. 81); 0 = read the layout from the "
                     "run's manifest.json.",
                 ),
@@ -82,7 +81,7 @@ class SVIDriftReport(io.ComfyNode):
                     "overlap",
                     default=5,
                     min=0,
-                    max=1000,
+                    max=L.MAX_FRAMES - 1,
                     tooltip="Frames each clip shares with the previous one (motion frames); "
                     "used only when clip_frames > 0.",
                 ),
@@ -135,7 +134,6 @@ class SVIDriftReport(io.ComfyNode):
         if kw.get("anchor") is not None:
             height, width = video_size(target.video)
             anchor = reference_from_image(kw["anchor"], width, height).numpy()
-        has_matplotlib = importlib.util.find_spec("matplotlib") is not None
         result = build_report(
             target.video,
             target.out_dir,
@@ -143,15 +141,13 @@ class SVIDriftReport(io.ComfyNode):
             overlap,
             anchor=anchor,
             first_clip_whole=bool(kw["first_clip_whole"]),
-            plot=has_matplotlib,
+            plot=True,  # matplotlib when installed, else PIL (ComfyUI ships no matplotlib)
             spans=spans,
+            inside=root,
         )
-        png_path = result.png_path or os.path.join(target.out_dir, "report.png")
-        if not has_matplotlib:  # ComfyUI does not ship matplotlib: draw the plot with PIL
-            with open(result.json_path, encoding="utf-8") as f:
-                report = json.load(f)
-            title = f"{os.path.basename(target.video)}: {len(report['clips'])} clips"
-            render_report(report, title).save(png_path)
+        png_path = result.png_path
+        if png_path is None:  # pragma: no cover - ComfyUI always ships pillow
+            raise SVIError("SVI Drift Report: drawing report.png needs pillow")
         subfolder = os.path.relpath(target.out_dir, root)
         preview = ui.SavedImages(
             [ui.SavedResult(os.path.basename(png_path), subfolder, io.FolderType.output)]

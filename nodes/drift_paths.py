@@ -37,6 +37,21 @@ def _inside(root: str, path: str) -> bool:
     return os.path.commonpath([root, path]) == root
 
 
+def inside_output(root: str, path: str, what: str) -> str:
+    """``path`` with every symlink resolved, refused unless it stays inside ``root``.
+
+    A folder planted as a symlink in the output folder (``<name>_drift`` or ``svi_drift``
+    pointing elsewhere) would otherwise let the report be written outside the output root.
+    """
+    real = os.path.realpath(path)
+    if not _inside(root, real):
+        raise SVIError(
+            f"SVI Drift Report: the {what} {path} resolves to {real}, outside the output folder "
+            f"{os.path.realpath(root)} (a symlink?); remove or rename it"
+        )
+    return real
+
+
 def resolve_target(output_root: str, run_name: str, video_path: str | None) -> ReportTarget:
     """Pick the video and the report folder.
 
@@ -61,7 +76,7 @@ def resolve_target(output_root: str, run_name: str, video_path: str | None) -> R
             out = os.path.join(folder, f"{sanitise_run_name(stem)}_drift")
         else:
             out = os.path.join(root, REPORT_SUBFOLDER, sanitise_run_name(stem))
-        return ReportTarget(video, None, out)
+        return ReportTarget(video, None, inside_output(root, out, "report folder"))
     if not str(run_name).strip():
         raise SVIError(
             "SVI Drift Report: give a run name (the SVI Infinite Sampler's run_name) or connect "

@@ -10,6 +10,7 @@ from .drift import SVIDriftReport
 from .loaders import SVILoraLoader, SVIModelLoader
 from .prompts import SVIPromptStream
 from .sampler import SVIInfiniteSampler
+from .talk import SVITalkAudio
 from .toy import SVIToyModels
 
 NODE_CLASSES: list[type[io.ComfyNode]] = [
@@ -20,6 +21,7 @@ NODE_CLASSES: list[type[io.ComfyNode]] = [
     SVIClipConditioning,
     SVIDriftReport,
     SVIToyModels,
+    SVITalkAudio,
     SVIPoseAlign,
 ]
 

@@ -18,6 +18,7 @@ import folder_paths
 import torch
 from comfy_api.latest import InputImpl, io, ui
 
+from ..svi_core import limits as L
 from ..svi_core.conditioning import reference_size
 from ..svi_core.errors import Cancelled
 from ..svi_core.latents import denormalise
@@ -30,11 +31,11 @@ from .checks import EXISTING_RUN, check_models, model_fingerprint, pick_run
 from .convert import reference_from_image, run_video
 from .dance import LOOP_TOOLTIP, PALETTE_CHOICES, PALETTE_TOOLTIP, dance_parts
 from .prompts import EncodedPrompts, SVIPrompts
-
-MAX_SIZE = 4096
+from .talk import SVICondition, check_talk_inputs
 
 
 def _settings(kwargs: dict[str, Any], prompts: EncodedPrompts, image: torch.Tensor):
+    cond = kwargs.get("condition")  # a per-clip condition node (SVI Talk Audio)
     mode = get_mode(
         kwargs["mode"],
         frames=kwargs["frames"],
@@ -45,14 +46,21 @@ def _settings(kwargs: dict[str, Any], prompts: EncodedPrompts, image: torch.Tens
         seed_stride=kwargs["seed_stride"],
         fps=kwargs["fps"],
         prompt_repeat=prompts.repeat or None,  # 0 = the mode's own repeat
-        **({"boundary": kwargs["boundary"]} if get_mode(kwargs["mode"]).boundary else {}),
+        # the optional input may be absent (an API prompt): then the mode's own boundary
+        **(
+            {"boundary": kwargs["boundary"]}
+            if get_mode(kwargs["mode"]).boundary and kwargs.get("boundary") is not None
+            else {}
+        ),
+        **(dict(cond.mode_overrides) if cond is not None else {}),
     )
     width, height = kwargs["width"], kwargs["height"]
     if width == 0 or height == 0:
         width, height = reference_size(mode, int(image.shape[2]), int(image.shape[1]))
+    frames = cond.feature_frames if cond is not None else None
     pose = kwargs.get("pose_video")
     pose_frames = None if pose is None else int(pose.shape[0])
-    clips = kwargs["clips"] or mode.clip_count(len(prompts.texts), pose_frames=pose_frames)
+    clips = kwargs["clips"] or mode.clip_count(len(prompts.texts), frames, pose_frames=pose_frames)
     return RunSettings(mode=mode, width=width, height=height, num_clips=clips)
 
 
@@ -61,8 +69,7 @@ def _inputs(
     prompts: EncodedPrompts,
     reference: torch.Tensor,
     mode,
-    conditions=(),
-    more=None,
+    dance: tuple = ((), {}, {}),
 ) -> Any:
     """The loop inputs of the node: the reference, the encoded prompts (keyed by their texts,
     so the run store never hashes conditioning tensors), the negative, and fingerprints of
@@ -77,14 +84,17 @@ def _inputs(
     }
     if kw.get("low_noise_model") is not None:
         fingerprints["low_noise_model"] = model_fingerprint(kw["low_noise_model"])
-    fingerprints.update(more or {})
+    cond = kw.get("condition")
+    if cond is not None:
+        fingerprints.update(cond.fingerprints)
+    fingerprints.update(dance[2])
     return LoopInputs(
         reference=reference,
         prompts=list(prompts.positives),
         negative=negative,
         fingerprints=fingerprints,
         prompt_keys=[sha256_json(t) for t in prompts.texts],
-        conditions=tuple(conditions),
+        conditions=((cond.condition,) if cond is not None else ()) + tuple(dance[0]),
     )
 
 
@@ -116,21 +126,20 @@ class SVIInfiniteSampler(io.ComfyNode):
                     options=mode_names(),
                     default="film",
                     tooltip="SVI preset: shot/film/tom/v2/dance on Wan2.1 I2V 14B; v2_w22/v2_pro on "
-                    "Wan2.2 I2V A14B (two experts). Must match the LoRA (dance: "
-                    "svi-dance.safetensors and a pose_video).",
+                    "Wan2.2 I2V A14B (two experts). Must match the LoRA.",
                 ),
                 io.Int.Input(
                     "clips",
                     default=0,
                     min=0,
-                    max=10000,
+                    max=L.MAX_CLIPS,
                     tooltip="Clips to generate; 0 = the mode's default count.",
                 ),
                 io.Int.Input(
                     "frames",
                     default=81,
-                    min=5,
-                    max=1001,
+                    min=L.MIN_FRAMES,
+                    max=L.MAX_FRAMES,
                     step=4,
                     tooltip="Frames per clip, 4k + 1 (81 official).",
                 ),
@@ -138,7 +147,7 @@ class SVIInfiniteSampler(io.ComfyNode):
                     "width",
                     default=832,
                     min=0,
-                    max=MAX_SIZE,
+                    max=L.MAX_SIDE,
                     step=16,
                     tooltip="Video width, a multiple of 16; 0 = from the image per the mode (Wan2.1: keep up to 832).",
                 ),
@@ -146,7 +155,7 @@ class SVIInfiniteSampler(io.ComfyNode):
                     "height",
                     default=480,
                     min=0,
-                    max=MAX_SIZE,
+                    max=L.MAX_SIDE,
                     step=16,
                     tooltip="Video height, a multiple of 16; 0 = from the image per the mode.",
                 ),
@@ -154,14 +163,14 @@ class SVIInfiniteSampler(io.ComfyNode):
                     "steps",
                     default=50,
                     min=1,
-                    max=1000,
+                    max=L.MAX_STEPS,
                     tooltip="Sampling steps per clip (50 official; 4-8 with a LightX2V LoRA).",
                 ),
                 io.Float.Input(
                     "cfg",
                     default=5.0,
-                    min=1.0,
-                    max=30.0,
+                    min=0.0,  # the core refuses 0 itself: a scale must be in (0, max]
+                    max=L.MAX_GUIDANCE,
                     step=0.1,
                     round=0.01,
                     tooltip="Classifier-free guidance (5 official; 1 = one pass).",
@@ -181,8 +190,8 @@ class SVIInfiniteSampler(io.ComfyNode):
                 io.Float.Input(
                     "shift",
                     default=5.0,
-                    min=0.1,
-                    max=100.0,
+                    min=L.SHIFT_RANGE[0],
+                    max=L.SHIFT_RANGE[1],
                     step=0.1,
                     tooltip="Flow shift (SVI: 5; ComfyUI's Wan default is 8).",
                 ),
@@ -190,7 +199,7 @@ class SVIInfiniteSampler(io.ComfyNode):
                     "seed",
                     default=0,
                     min=0,
-                    max=0xFFFFFFFFFFFFFFFF,
+                    max=L.MAX_SEED,
                     control_after_generate=True,
                     tooltip="Seed of clip 0; clip k uses seed + k * seed_stride.",
                 ),
@@ -198,14 +207,14 @@ class SVIInfiniteSampler(io.ComfyNode):
                     "seed_stride",
                     default=42,
                     min=0,
-                    max=1000000,
+                    max=L.MAX_SEED_STRIDE,
                     tooltip="Seed step between clips (official 42); never 0 unless you want repeated noise.",
                 ),
                 io.Float.Input(
                     "fps",
                     default=16.0,
-                    min=1.0,
-                    max=120.0,
+                    min=L.FPS_RANGE[0],
+                    max=L.FPS_RANGE[1],
                     step=1.0,
                     tooltip="Frame rate of the saved video (official 24 on Wan2.1, 15 on Wan2.2).",
                 ),
@@ -240,6 +249,11 @@ class SVIInfiniteSampler(io.ComfyNode):
                     "clip_vision",
                     optional=True,
                     tooltip="Wan2.1 modes: CLIP vision H (clip_vision_h.safetensors); unused on Wan2.2.",
+                ),
+                SVICondition.Input(
+                    "condition",
+                    optional=True,
+                    tooltip="Mode talk: the speech from SVI Talk Audio (MultiTalk patch + wav2vec2).",
                 ),
                 io.Image.Input(
                     "pose_video",
@@ -290,12 +304,13 @@ class SVIInfiniteSampler(io.ComfyNode):
         settings.validate()
         mode = settings.mode
         check_models(mode, kw["model"], kw.get("low_noise_model"), kw.get("clip_vision"))
+        check_talk_inputs(mode, kw.get("condition"), kw["model"])
         reference = reference_from_image(image, settings.width, settings.height)
-        conditions, extras, more = dance_parts(
+        dance = dance_parts(
             mode, kw["model"], kw.get("pose_video"), settings.width, settings.height,
             palette=kw.get("pose_palette", "rgb"), loop=kw.get("pose_loop", "loop"),
         )  # fmt: skip
-        inputs = _inputs(kw, prompts, reference, mode, conditions, more)
+        inputs = _inputs(kw, prompts, reference, mode, dance)
         run = prepare_run(settings, inputs)
         store = pick_run(
             folder_paths.get_output_directory(), kw["run_name"], kw["on_existing_run"], run
@@ -314,7 +329,10 @@ class SVIInfiniteSampler(io.ComfyNode):
             low_noise_model=kw.get("low_noise_model"),
             sampler_name=kw["sampler_name"],
             scheduler=kw["scheduler"],
-            extras=extras,
+            extras={
+                **(dict(kw["condition"].extras) if kw.get("condition") is not None else {}),
+                **dance[1],
+            },
         )
         video_path = run_video(run_dir)
         try:

@@ -39,6 +39,7 @@ __all__ = [
     "DIT_PREFIXES",
     "WanDiTConfig",
     "WanVAEConfig",
+    "check_safetensors_header",
     "detect_kind",
     "diffusers_dit_to_official",
     "dit_overrides_from_config",
@@ -47,6 +48,7 @@ __all__ = [
     "inspect_vae",
     "load_dit_state_dict",
     "load_state_dict",
+    "precheck_model_file",
     "require_kind",
     "strip_dit_prefix",
 ]
@@ -121,22 +123,100 @@ def load_state_dict(
         sd = _load_sharded(index, dtype) if index is not None else _load_safetensors(p, dtype)
     elif name.endswith(TORCH_SUFFIXES):
         sd = _load_torch(p, dtype)
-    elif name.endswith(".gguf"):
-        raise CheckpointError(
-            f"'{p}' is a GGUF file; only .safetensors and .pth files of plain tensors are "
-            "supported. Use the fp16/bf16/fp8 .safetensors release of this model."
-        )
     else:
-        raise CheckpointError(
-            f"'{p}': unknown model file type '{p.suffix}'. Expected .safetensors, a sharded "
-            "set's .index.json, or .pth/.pt/.bin of plain tensors."
-        )
+        raise _unsupported(p)
     if not sd:
         raise CheckpointError(f"'{p}' holds no tensors; the file is empty or not a model.")
     return sd
 
 
+def _unsupported(p: Path) -> CheckpointError:
+    if p.name.lower().endswith(".gguf"):
+        return CheckpointError(
+            f"'{p}' is a GGUF file; only .safetensors and .pth files of plain tensors are "
+            "supported. Use the fp16/bf16/fp8 .safetensors release of this model."
+        )
+    return CheckpointError(
+        f"'{p}': unknown model file type '{p.suffix}'. Expected .safetensors, a sharded "
+        "set's .index.json, or .pth/.pt/.bin of plain tensors."
+    )
+
+
+def precheck_model_file(path: str | os.PathLike[str], what: str = "model file") -> None:
+    """The cheap checks :func:`load_state_dict` would make late, made before any model loads:
+    the file exists, its type is one this project reads, and a ``.safetensors`` file has a
+    sound header (:func:`check_safetensors_header`). Folders and sharded sets are checked
+    when loaded.
+
+    Raises:
+        CheckpointError: naming ``what`` and the file.
+    """
+    p = Path(path)
+    if p.is_dir():
+        return
+    if not p.is_file():
+        raise CheckpointError(f"{what} '{p}' does not exist; check the path")
+    name = p.name.lower()
+    if name.endswith(SAFETENSORS_SUFFIXES):
+        check_safetensors_header(p, what)
+    elif not name.endswith(".index.json") and not name.endswith(TORCH_SUFFIXES):
+        raise CheckpointError(f"{what}: {_unsupported(p)}")
+
+
 _ST_FP8 = ("F8_E4M3", "F8_E5M2")
+
+_MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
+
+
+def check_safetensors_header(path: str | os.PathLike[str], what: str = "file") -> None:
+    """Cheap up-front check of a ``.safetensors`` file (reads the header only, no tensor):
+    the 8-byte header length and JSON header are valid and the file is as long as the header
+    says. So a pickle / torch ``.pt`` file or a truncated download is refused with the file
+    named before any model is loaded, not after the first one.
+
+    Raises:
+        CheckpointError: naming ``what`` and the file; what it looks like; how to fix it.
+    """
+    p = Path(path)
+    size = p.stat().st_size
+    with p.open("rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 2 <= n <= min(_MAX_HEADER, size - 8):
+            looks = _looks_like(head)
+            raise CheckpointError(
+                f"{what} '{p}' is not a safetensors file{looks}; expected a complete "
+                ".safetensors file (a pickle is never loaded: convert it with safetensors' "
+                "save_file, or download it again if it is truncated)"
+            )
+        try:
+            header = json.loads(f.read(n))
+            ends = [
+                int(v["data_offsets"][1])
+                for k, v in header.items()
+                if k != "__metadata__" and isinstance(v, dict)
+            ]
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+            raise CheckpointError(
+                f"{what} '{p}' has a damaged safetensors header ({type(e).__name__}); the file "
+                "is corrupt or truncated: download or write it again"
+            ) from None
+    need = 8 + n + max(ends, default=0)
+    if size < need:
+        raise CheckpointError(
+            f"{what} '{p}' is truncated: its header promises {need} bytes, the file has {size} "
+            "(an interrupted download or write?); download or write it again"
+        )
+
+
+def _looks_like(head: bytes) -> str:
+    if head[:1] == b"\x80":
+        return " (it looks like a Python pickle)"
+    if head[:2] == b"PK":
+        return " (it looks like a zip / torch.save .pt file)"
+    if not head:
+        return " (it is empty)"
+    return ""
 
 
 def _resolve_dir(d: Path) -> Path:

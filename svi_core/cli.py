@@ -12,6 +12,12 @@ Every input is checked before any model is loaded. The run directory (default
 ``<output>.run/``) makes the run resumable: rerun the same command after a crash or Ctrl-C,
 or with a larger ``--clips`` to extend a finished video.
 
+A talking video (SVI-Talk) adds the speech and its two models::
+
+    python -m svi_core generate --mode talk --audio speech.wav --image face.png \\
+        --multitalk multitalk.safetensors --wav2vec chinese-wav2vec2-base/ \\
+        --lora svi-talk.safetensors --model ... --vae ... --clip-vision ... --output talk.mp4
+
 A dancing video (SVI-Dance) adds a skeleton video; the SVI-Dance file holds the LoRA and the pose
 embedding::
 
@@ -33,13 +39,16 @@ from pathlib import Path
 
 import torch
 
-from .conditioning import check_frames, check_size, load_reference
+from .checkpoints import check_safetensors_header, precheck_model_file
+from .conditioning import load_reference
 from .errors import Cancelled, SVIError
+from .limits import size_problem
 from .log import logger
 from .loop import LoopInputs, RunResult, RunSettings, check_output, open_run, run_clips
-from .modes import MODES, ModeConfig, get_mode
+from .modes import MODES, ModeConfig, clip_vision_problem, get_mode
 from .pose_inputs import DanceInputs
 from .prompts import PromptStream, load_prompts
+from .talk.inputs import TalkInputs, refuse_talk_lora_elsewhere
 from .video_io import DEFAULT_CRF
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -135,6 +144,7 @@ class GenerateOptions:
         output: the mp4. run_dir: the resumable run directory. device, dtype: where and in
         which dtype the DiT and text encoder run (the VAE and CLIP vision run in float32).
         batch_cfg: batch the CFG passes. progress: show tqdm bars.
+        talk: the checked SVI-Talk inputs (speech, MultiTalk, wav2vec2) for mode talk.
         dance: the checked SVI-Dance inputs (pose frames, the Dance file) for mode dance.
     """
 
@@ -148,6 +158,7 @@ class GenerateOptions:
     dtype: torch.dtype
     batch_cfg: bool = True
     progress: bool = True
+    talk: TalkInputs | None = None
     dance: DanceInputs | None = None
 
 
@@ -198,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--pose-loop", choices=["loop", "pingpong", "hold"], default="loop",
         help="past the end of the pose video: loop (official), pingpong or hold the last pose",
     )  # fmt: skip
+    t = g.add_argument_group("talk (mode talk: a talking video from speech)")
+    t.add_argument("--audio", type=Path, help="speech (wav, mp3, flac, m4a, or a video's sound)")
+    t.add_argument("--multitalk", type=Path, help="MeiGen-MultiTalk multitalk.safetensors")
+    t.add_argument("--wav2vec", type=Path, help="TencentGameMate/chinese-wav2vec2-base folder")
+    t.add_argument(
+        "--audio-align", choices=["official", "frames"], default="official",
+        help="speech under the video: official (from 0 s) or frames (the audio each frame saw)",
+    )  # fmt: skip
+    t.add_argument("--cfg-audio", type=float, help="audio guidance scale (default 5)")
     s = g.add_argument_group("generation")
     s.add_argument("--mode", default="film", choices=list(MODES), help="SVI mode (default film)")
     s.add_argument("--clips", type=int, help="number of clips (default: the mode's rule)")
@@ -235,15 +255,45 @@ def _need_file(path: Path | None, what: str, flag: str) -> None:
         raise SVIError(f"{what} {path} does not exist; pass an existing file with {flag}")
 
 
+class _Problems:
+    """Collects the problems of one run, so a user fixes them all at once (issue 10, 2)."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def check(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)``, or None with its SVIError message noted."""
+        try:
+            return fn(*args, **kwargs)
+        except SVIError as e:
+            self.found.append(str(e))
+            return None
+
+    def add(self, message: str) -> None:
+        self.found.append(message)
+
+    def raise_if_any(self) -> None:
+        if len(self.found) == 1:
+            raise SVIError(self.found[0])
+        if self.found:
+            listed = "; ".join(f"({i}) {m}" for i, m in enumerate(self.found, 1))
+            raise SVIError(f"{len(self.found)} problems: {listed}")
+
+
 def options_from_args(args: argparse.Namespace) -> GenerateOptions:
-    """Check every input and map the arguments onto the typed settings (no model loaded)."""
-    if args.frames is not None:
-        check_frames(args.frames)
-    mode: ModeConfig = get_mode(
+    """Check every input and map the arguments onto the typed settings (no model loaded).
+
+    Every cheap check runs (settings, files, text encoder, prompts, size, image, output) and
+    all problems are reported together in one SVIError, not one per run.
+    """
+    problems = _Problems()
+    mode: ModeConfig | None = problems.check(
+        get_mode,
         args.mode,
         frames=args.frames,
         steps=args.steps,
         cfg=args.cfg,
+        cfg_audio=args.cfg_audio,
         shift=args.shift,
         seed_base=args.seed,
         seed_stride=args.stride,
@@ -255,6 +305,7 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         negative_prompt=args.negative,
         **({"overlap": args.overlap} if args.overlap is not None else {}),
     )
+    rules = mode if mode is not None else get_mode(args.mode)  # the preset, for the checks below
     for path, what, flag in (
         (args.model, "DiT file", "--model"),
         (args.low_noise_model, "low-noise DiT file", "--low-noise-model"),
@@ -263,64 +314,94 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         (args.text_embeddings, "text embeddings file", "--text-embeddings"),
         (args.clip_vision, "CLIP-vision file", "--clip-vision"),
     ):
-        _need_file(path, what, flag)
+        problems.check(_need_file, path, what, flag)
+        # a wrong file type, a pickle or a truncated download is named now, not after the DiT
+        # has loaded
+        if path is not None and path.is_file():
+            if flag == "--text-embeddings":
+                problems.check(check_safetensors_header, path, what)
+            else:
+                problems.check(precheck_model_file, path, what)
     if args.text_encoder is None and args.text_embeddings is None:
-        raise SVIError("no text encoder: pass --text-encoder and --tokenizer, or --text-embeddings")
+        problems.add("no text encoder: pass --text-encoder and --tokenizer, or --text-embeddings")
     if args.text_encoder is not None and (args.tokenizer is None or not args.tokenizer.is_dir()):
-        raise SVIError(
+        problems.add(
             f"--text-encoder needs --tokenizer pointing to the google/umt5-xxl tokenizer folder "
             f"(got {args.tokenizer})"
         )
-    if mode.clip_vision and args.clip_vision is None:
-        raise SVIError(
-            f"mode {mode.name} runs Wan2.1 I2V, which needs CLIP vision: pass --clip-vision "
-            "clip_vision_h.safetensors"
-        )
+    no_clip = clip_vision_problem(rules, args.clip_vision is not None, "pass --clip-vision FILE")
+    if no_clip:
+        problems.add(no_clip)
     loras = tuple(LoraSpec.parse(t) for t in args.lora)
     low_loras = tuple(LoraSpec.parse(t) for t in args.low_noise_lora)
-    for spec in loras + low_loras:
-        _need_file(spec.path, "LoRA file", "--lora")
-    dance = DanceInputs.check(
-        mode, pose=args.pose, palette=args.pose_palette, loop=args.pose_loop,
-        loras=[spec.path for spec in loras], dit=args.model,
+    for specs, flag in ((loras, "--lora"), (low_loras, "--low-noise-lora")):
+        for spec in specs:
+            problems.check(_need_file, spec.path, "LoRA file", flag)
+            if spec.path.is_file():
+                problems.check(precheck_model_file, spec.path, "LoRA file")
+    problems.check(refuse_talk_lora_elsewhere, rules, [spec.path for spec in loras])
+    talk: TalkInputs | None = problems.check(
+        TalkInputs.check,
+        rules,
+        audio=args.audio,
+        multitalk=args.multitalk,
+        wav2vec=args.wav2vec,
+        dit=args.model,
+        align=args.audio_align,
+    )
+    dance: DanceInputs | None = problems.check(
+        DanceInputs.check, rules, pose=args.pose, palette=args.pose_palette, loop=args.pose_loop,
+        loras=[spec.path for spec in loras if spec.path.is_file()], dit=args.model,
     )  # fmt: skip
+    if args.cfg_audio is not None and "audio" not in rules.conditions:
+        problems.add(
+            f"--cfg-audio is the audio guidance of mode talk; mode {rules.name!r} has none"
+        )
     if low_loras and args.low_noise_model is None:
-        raise SVIError("--low-noise-lora needs --low-noise-model (the Wan2.2 low-noise expert)")
+        problems.add("--low-noise-lora needs --low-noise-model (the Wan2.2 low-noise expert)")
+    prompts: list[str] | None = None
     if args.prompts is not None and args.prompt:
-        raise SVIError("give prompts either with --prompts FILE or with --prompt, not both")
-    if args.prompts is not None:
-        prompts = load_prompts(args.prompts)
+        problems.add("give prompts either with --prompts FILE or with --prompt TEXT, not both")
+    elif args.prompts is not None:
+        prompts = problems.check(load_prompts, args.prompts)
     elif args.prompt:
         prompts = [p.strip() for p in args.prompt if p.strip()]
-    elif mode.default_prompt:
-        prompts = [mode.default_prompt]
+    elif rules.default_prompt:
+        prompts = [rules.default_prompt]
     else:
-        raise SVIError("no prompt: pass --prompts FILE or --prompt TEXT")
-    PromptStream.for_mode(prompts, mode)  # empty -> error
+        problems.add("no prompt: pass --prompts FILE or --prompt TEXT")
+    if prompts is not None:
+        problems.check(PromptStream.for_mode, prompts, rules)  # empty -> error
+    size: tuple[int, int] | None = None
     if (args.width is None) != (args.height is None):
-        raise SVIError("give both --width and --height, or neither")
-    if args.width is not None:
-        check_size(args.width, args.height)
-        size = (args.width, args.height)
-    elif mode.resize == "fixed":
-        size = (mode.width, mode.height)
-    else:
-        size = None
-    reference = load_reference(args.image, mode, size)  # unreadable image -> SVIError
-    height, width = int(reference.shape[0]), int(reference.shape[1])
-    if dance is not None:  # every pose frame read and fitted before any model loads
-        dance = dance.read(width, height)
-    pose_frames = dance.frames if dance is not None else None
-    clips = (
-        args.clips
-        if args.clips is not None
-        else mode.clip_count(len(prompts), pose_frames=pose_frames)
-    )
-    settings = RunSettings(mode=mode, width=width, height=height, num_clips=clips, crf=args.crf)
-    settings.validate()
+        problems.add("give both --width and --height, or neither")
+    elif args.width is not None:
+        bad_size = size_problem(args.width, args.height)
+        if bad_size:
+            problems.add(bad_size)
+        else:
+            size = (args.width, args.height)
+    elif rules.resize == "fixed":
+        size = (rules.width, rules.height)
+    # an unreadable image -> SVIError; with a bad size, only its readability is checked here
+    reference = problems.check(load_reference, args.image, rules, size)
     output = args.output
     if output.suffix.lower() != ".mp4":
-        raise SVIError(f"--output {output} must end in .mp4")
+        problems.add(f"--output {output} must end in .mp4")
+    if reference is not None:
+        height, width = int(reference.shape[0]), int(reference.shape[1])
+    else:  # a valid stand-in: the size's own problems are listed above
+        width, height = rules.width, rules.height
+    if dance is not None:  # every pose frame read and fitted before any model loads
+        dance = problems.check(dance.read, width, height)
+    audio_frames = talk.feature_frames if talk is not None else None
+    pose_frames = dance.frames if dance is not None else None
+    clips = args.clips
+    if clips is None:
+        clips = rules.clip_count(len(prompts or [""]), audio_frames, pose_frames=pose_frames)
+    settings = RunSettings(mode=rules, width=width, height=height, num_clips=clips, crf=args.crf)
+    problems.check(settings.validate)  # clip count, crf, the last clip's seed
+    problems.raise_if_any()
     run_dir = args.run_dir if args.run_dir is not None else output.with_suffix(".run")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.dtype is not None:
@@ -331,7 +412,7 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         model=args.model,
         vae=args.vae,
         low_noise_model=args.low_noise_model,
-        clip_vision=args.clip_vision if mode.clip_vision else None,
+        clip_vision=args.clip_vision if settings.mode.clip_vision else None,
         text_encoder=args.text_encoder,
         tokenizer=args.tokenizer,
         text_embeddings=args.text_embeddings if args.text_encoder is None else None,
@@ -342,13 +423,14 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         settings=settings,
         files=files,
         image=args.image,
-        prompts=tuple(prompts),
+        prompts=tuple(prompts or ()),
         output=output,
         run_dir=run_dir,
         device=device,
         dtype=dtype,
         batch_cfg=not args.no_batch_cfg,
         progress=not args.no_progress,
+        talk=talk,
         dance=dance,
     )
 
@@ -407,7 +489,10 @@ def build_backend(opts: GenerateOptions):
         device=dev,
         dtype=opts.dtype,
         batch_cfg=opts.batch_cfg,
-        extras={"pose": opts.dance.hook(high)} if opts.dance is not None else None,
+        extras={
+            **({"audio": opts.talk.hook(high, opts.dtype)} if opts.talk is not None else {}),
+            **({"pose": opts.dance.hook(high)} if opts.dance is not None else {}),
+        },
     )
     # every prompt is known up front: encode them all, then free the text encoder
     backend.precompute_text([*opts.prompts, opts.settings.mode.negative_prompt])
@@ -418,17 +503,26 @@ def generate(opts: GenerateOptions, backend=None) -> RunResult:
     """Run (or resume / extend) a generation; ``backend`` defaults to :func:`build_backend`."""
     mode = opts.settings.mode
     reference = load_reference(opts.image, mode, (opts.settings.width, opts.settings.height))
+    fingerprints = opts.files.fingerprints()
+    conditions = ()
+    if opts.talk is not None:
+        fingerprints.update(opts.talk.fingerprints())
+        conditions = (opts.talk.condition(),)
+    if opts.dance is not None:
+        conditions = (*conditions, opts.dance.condition())
     inputs = LoopInputs(
         reference=reference,
         prompts=opts.prompts,
-        fingerprints=opts.files.fingerprints(),
-        conditions=(opts.dance.condition(),) if opts.dance is not None else (),
+        fingerprints=fingerprints,
+        conditions=conditions,
     )
     # the run directory and the output are checked (and the run locked) before any model loads
     check_output(opts.output)
     store = open_run(opts.run_dir, opts.settings, inputs)
     if backend is None:
         try:
+            if opts.talk is not None and store.clips_done < opts.settings.num_clips:
+                conditions[0].features.get()  # wav2vec2 before (and freed before) the DiT
             backend = build_backend(opts)
         except BaseException:
             store.close()
@@ -485,16 +579,33 @@ def _forward(module: str, argv: list[str]) -> int:
     return int(mod.main(argv) or 0)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A log handler writing to whatever ``sys.stderr`` is when a record is emitted (not the
+    stream of the moment it was made), so ``main`` can be called again in one process."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m svi_core`` / the ``svi`` script. Returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("svi: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
     if argv and argv[0] in _FORWARDED:
-        return _forward(_FORWARDED[argv[0]], argv[1:])
+        try:
+            return _forward(_FORWARDED[argv[0]], argv[1:])
+        except SVIError as e:  # the commands report their own; this is the safety net
+            logger.error("error: %s", e)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         opts = options_from_args(args)

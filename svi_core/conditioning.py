@@ -25,6 +25,7 @@ import torch
 from .backend import Backend
 from .errors import SVIError
 from .latents import LATENT_CHANNELS
+from .limits import frames_problem, size_problem
 from .modes import ModeConfig
 
 _TWO_OVER_255 = 2.0 / 255.0
@@ -253,7 +254,7 @@ def load_reference(
         with Image.open(p) as im:
             im.load()
             rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
         raise SVIError(
             f"reference image {p} cannot be read as an image ({e}); use a PNG/JPEG/WebP file"
         ) from None
@@ -265,25 +266,19 @@ def load_reference(
 
 
 def check_size(width: int, height: int) -> None:
-    """Width and height must be positive multiples of 16; the error names the nearest valid ones."""
-    bad = [(n, v) for n, v in (("width", width), ("height", height)) if v < 16 or v % 16]
-    if bad:
-        hints = ", ".join(f"{n}={v} (nearest valid: {_nearest16(v)})" for n, v in bad)
-        raise SVIError(f"video size must be multiples of 16: {hints}")
+    """Raise SVIError unless the size follows :func:`svi_core.limits.size_problem` (multiples
+    of 16 in [16, 4096]); the error names the nearest valid values."""
+    problem = size_problem(width, height)
+    if problem:
+        raise SVIError(problem)
 
 
 def check_frames(frames: int) -> None:
-    """Frames per clip must be 4k + 1 (>= 5); the error names the nearest valid values."""
-    if frames < 5 or (frames - 1) % 4:
-        lo = max(5, (frames - 1) // 4 * 4 + 1)
-        hi = max(5, lo + 4 if lo < frames else lo)
-        near = f"{lo} or {hi}" if lo != hi else f"{lo}"
-        raise SVIError(f"frames per clip must be 4k + 1 (81 official); got {frames}, try {near}")
-
-
-def _nearest16(v: int) -> str:
-    lo = v // 16 * 16
-    return "16" if lo < 16 else f"{lo} or {lo + 16}"
+    """Raise SVIError unless ``frames`` follows :func:`svi_core.limits.frames_problem` (4k + 1
+    in [5, 1001]); the error names the nearest valid values."""
+    problem = frames_problem(frames)
+    if problem:
+        raise SVIError(problem)
 
 
 def _check_reference(reference: torch.Tensor) -> None:

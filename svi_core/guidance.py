@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 
 from .errors import SVIError
+from .limits import MAX_GUIDANCE  # noqa: F401 - re-exported
 
 GuidanceKind = Literal["cfg", "text_audio"]
 """``cfg``: one scale (every SVI mode but Talk). ``text_audio``: SVI-Talk's text and audio
@@ -34,9 +35,7 @@ scales over three passes."""
 
 GUIDANCE_KINDS: tuple[str, ...] = ("cfg", "text_audio")
 
-MAX_GUIDANCE = 100.0
-"""Largest accepted guidance scale (official values are 1-5; ComfyUI's own CFG widget stops
-at 100)."""
+# MAX_GUIDANCE (imported above): the largest accepted scale; its one place is svi_core.limits.
 
 
 def scale_problems(name: str, value: object) -> list[str]:

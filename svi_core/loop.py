@@ -30,14 +30,13 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
+from . import limits
 from .backend import Backend, ClipRequest
 from .conditioning import (
     Carry,
     anchor_latent,
     build_conditioning,
     carry_from_clip,
-    check_frames,
-    check_size,
     quantise_frames,
 )
 from .conditions import ClipCondition, ClipPlan, conditions_identity
@@ -86,13 +85,22 @@ class RunSettings:
         return d
 
     def validate(self) -> None:
-        """Raise SVIError for settings no model can run (before any work starts)."""
-        check_frames(self.mode.frames)
-        check_size(self.width, self.height)
-        if self.num_clips < 1:
-            raise SVIError(f"num_clips={self.num_clips} must be >= 1")
-        if not 0 <= self.crf <= 51:
-            raise SVIError(f"crf={self.crf} must be in [0, 51] (x264 quality; 16 default)")
+        """Raise SVIError for settings no model can run (before any work starts), listing
+        every problem; the bounds are :mod:`svi_core.limits`'."""
+        m = self.mode
+        problems = [
+            limits.frames_problem(m.frames),
+            limits.size_problem(self.width, self.height),
+            limits.number_problem("num_clips", self.num_clips, 1, limits.MAX_CLIPS, integer=True),
+            limits.number_problem(
+                "crf", self.crf, *limits.CRF_RANGE, integer=True, hint="16 default"
+            ),
+        ]
+        if isinstance(self.num_clips, int) and 1 <= self.num_clips <= limits.MAX_CLIPS:
+            problems.append(limits.seed_problem(m.seed_base, m.seed_stride, self.num_clips))
+        found = [p for p in problems if p]
+        if found:
+            raise SVIError("; ".join(found))
 
 
 def identity_defaults() -> dict[str, Any]:
@@ -456,6 +464,24 @@ def _last_outputs(store: RunStore, mode: ModeConfig, n: int) -> tuple[torch.Tens
     return state["latent"].float(), last
 
 
+VIDEO_ONLY = "video_only.mp4"
+"""The video-only join kept in the run directory when a condition finishes the video itself."""
+
+
+def _join(store: RunStore, output: str | Path, n: int, run: PreparedRun, maker: _ClipMaker) -> Path:
+    """Join the first ``n`` clips into ``output``. A per-clip condition with a
+    ``finish_video(video, output, n, settings, run_dir) -> Path`` step (SVI-Talk muxes the speech)
+    gets the video-only join, kept in the run directory as ``VIDEO_ONLY`` (the segments stay the
+    resumable truth), and writes ``output`` from it."""
+    s = run.settings
+    finishers = [c for c in run.inputs.conditions if hasattr(c, "finish_video")]
+    target = store.root / VIDEO_ONLY if finishers else Path(output)
+    video = store.build_video(target, n, fps=s.mode.fps, crf=s.crf, repair=maker.repair(store))
+    for condition in finishers:
+        video = condition.finish_video(video, Path(output), n, s, store.root)
+    return video
+
+
 def run_clips(
     backend: Backend,
     settings: RunSettings,
@@ -547,9 +573,7 @@ def run_clips(
             logger.info("cancelled after %d finished clips; rerun to resume", store.clips_done)
             if output is not None and store.clips_done > 0:
                 n = min(store.clips_done, settings.num_clips)
-                store.build_video(
-                    output, n, fps=mode.fps, crf=settings.crf, repair=maker.repair(store)
-                )
+                _join(store, output, n, run, maker)
         finally:
             store.close()
         raise
@@ -564,9 +588,7 @@ def run_clips(
         n = min(store.clips_done, settings.num_clips)
         video = None
         if output is not None:
-            video = store.build_video(
-                output, n, fps=mode.fps, crf=settings.crf, repair=maker.repair(store)
-            )
+            video = _join(store, output, n, run, maker)
         last_latent, last_frames = _last_outputs(store, mode, n)
         result = RunResult(
             run_dir=store.root,

@@ -35,7 +35,7 @@ import torch
 from .checkpoints import FP8_DTYPES, load_state_dict, strip_dit_prefix
 from .errors import CheckpointError
 from .log import logger
-from .wan_keys import diffusers_to_official
+from .wan_keys import BLOCK_MODULES, TOP_MODULES, diffusers_to_official
 
 __all__ = [
     "LoraEntry",
@@ -79,43 +79,9 @@ _SUFFIXES: tuple[tuple[str, str], ...] = (
     (".diff", "diff"),
 )
 
-# Official per-block sub-modules and top-level modules (for kohya's underscore names).
-_BLOCK_MODULES: tuple[str, ...] = (
-    "self_attn.q",
-    "self_attn.k",
-    "self_attn.v",
-    "self_attn.o",
-    "self_attn.norm_q",
-    "self_attn.norm_k",
-    "cross_attn.q",
-    "cross_attn.k",
-    "cross_attn.v",
-    "cross_attn.o",
-    "cross_attn.norm_q",
-    "cross_attn.norm_k",
-    "cross_attn.k_img",
-    "cross_attn.v_img",
-    "cross_attn.norm_k_img",
-    "ffn.0",
-    "ffn.2",
-    "norm3",
-    "modulation",
-)
-_TOP_MODULES: tuple[str, ...] = (
-    "patch_embedding",
-    "text_embedding.0",
-    "text_embedding.2",
-    "time_embedding.0",
-    "time_embedding.2",
-    "time_projection.1",
-    "head.head",
-    "img_emb.proj.0",
-    "img_emb.proj.1",
-    "img_emb.proj.3",
-    "img_emb.proj.4",
-)
-_KOHYA_BLOCK = {m.replace(".", "_"): m for m in _BLOCK_MODULES}
-_KOHYA_TOP = {m.replace(".", "_"): m for m in _TOP_MODULES}
+# kohya's underscore names of the official modules (the list lives in svi_core.wan_keys).
+_KOHYA_BLOCK = {m.replace(".", "_"): m for m in BLOCK_MODULES}
+_KOHYA_TOP = {m.replace(".", "_"): m for m in TOP_MODULES}
 _DIFFUSERS_MARKERS = ("attn1.", "attn2.", ".to_q", ".to_out.", "ffn.net.", "condition_embedder.")
 
 

@@ -75,6 +75,8 @@ def _prompts(m: ModeConfig) -> str:
 
 
 def _clips(m: ModeConfig) -> str:
+    if m.clip_count_rule == "audio":
+        return f"cover the audio (official {m.default_clips})"
     if m.clip_count_rule == "pose":
         return f"play the pose video once (official {m.default_clips})"
     if m.clip_count_rule == "fixed" or m.prompt_policy == "first":

@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from . import limits as L
 from .errors import SVIError
 from .guidance import GUIDANCE_KINDS, Guidance, GuidanceKind, scale_problems
 
@@ -36,11 +37,13 @@ PromptPolicy = Literal["first", "cycle", "hold"]
 """``first``: every clip uses prompts[0]. ``cycle``: prompts[(k // repeat) % len].
 ``hold``: prompts[min(k // repeat, len - 1)] (the last prompt is held)."""
 
-ClipCountRule = Literal["fixed", "min_prompts", "pose"]
+ClipCountRule = Literal["fixed", "min_prompts", "audio", "pose"]
 """``fixed``: ``default_clips``. ``min_prompts``: ``min(default_clips, len(prompts) * repeat)``
-(the official Wan2.1 script's rule when the prompt stream is used). ``pose`` (SVI-Dance): the
-fewest clips that play the pose video once (:func:`svi_core.pose.clips_to_cover`; not an
-official rule: the official script always makes ``default_clips`` = 10 and loops the pose)."""
+(the official Wan2.1 script's rule when the prompt stream is used). ``audio`` (SVI-Talk): the
+fewest clips that cover the speech (:func:`svi_core.talk.clips_for_audio`; not an official
+rule: the official script always makes ``default_clips`` = 50). ``pose`` (SVI-Dance): the fewest
+clips that play the pose video once (:func:`svi_core.pose.clips_to_cover`; not an official rule:
+the official script always makes ``default_clips`` = 10 and loops the pose)."""
 
 ResizeRule = Literal["fit_width", "fixed"]
 """``fit_width``: keep the image size if width <= ``max_width`` else scale to that width, floor
@@ -70,7 +73,7 @@ class ModeConfig:
 
     Attributes:
         name: preset name (``shot``, ``film``, ``tom``, ``v2``, ``v2_w22``, ``v2_pro``,
-            ``dance``).
+            ``talk``, ``dance``).
         model: ``wan2.1`` (one I2V-14B DiT with CLIP vision) or ``wan2.2`` (two A14B experts).
         lora: the official LoRA file(s) this mode is meant for (informative).
         carry: ``pixel`` or ``latent`` (see :data:`CarrySpace`).
@@ -104,8 +107,8 @@ class ModeConfig:
         prompt_policy, prompt_repeat: the prompt stream (see :data:`PromptPolicy`).
         clip_count_rule, default_clips: default number of clips (see :data:`ClipCountRule`).
         negative_prompt: exact official negative prompt.
-        default_prompt: the official prompt of a mode whose script fixes one (SVI-Dance: "the
-            person is dancing"); used when the user gives none. Empty: the user must give one.
+        default_prompt: the official prompt of a mode whose script fixes one (SVI-Talk: "a
+            person is talking", SVI-Dance: "the person is dancing"); used when the user gives none. Empty: the user must give one.
         fps: saved video frame rate (official 24 for Wan2.1, 15 for Wan2.2).
         resize, max_width, width, height: reference-image sizing (see :data:`ResizeRule`).
     """
@@ -178,11 +181,14 @@ class ModeConfig:
         """The seed of clip ``clip`` (0-based): ``seed_base + clip * seed_stride``."""
         return self.seed_base + clip * self.seed_stride
 
-    def clip_count(self, num_prompts: int, *, pose_frames: int | None = None) -> int:
+    def clip_count(
+        self, num_prompts: int, audio_frames: int | None = None, *, pose_frames: int | None = None
+    ) -> int:
         """Default number of clips for a prompt list of ``num_prompts`` entries.
 
-        ``pose_frames``: frames of the pose video (rule ``pose``); without it the rule ``pose``
-        falls back to the official ``default_clips``.
+        ``audio_frames``: feature frames of the speech (rule ``audio``); ``pose_frames``: frames
+        of the pose video (rule ``pose``); without them these rules fall back to the official
+        ``default_clips``.
         """
         if self.clip_count_rule == "pose":
             if pose_frames is None:
@@ -190,6 +196,12 @@ class ModeConfig:
             from .pose import clips_to_cover
 
             return clips_to_cover(pose_frames, self.frames, self.motion_frames)
+        if self.clip_count_rule == "audio":
+            if audio_frames is None:
+                return self.default_clips
+            from .talk.windows import clips_for_audio
+
+            return clips_for_audio(audio_frames, self.frames, self.motion_frames)
         if self.clip_count_rule == "fixed" or self.prompt_policy == "first":
             return self.default_clips
         return max(1, min(self.default_clips, num_prompts * self.prompt_repeat))
@@ -203,10 +215,11 @@ class ModeConfig:
 
 def _check(mode: ModeConfig) -> list[str]:
     p: list[str] = []
-    if mode.frames < 5 or (mode.frames - 1) % 4:
-        lo = max(5, (mode.frames - 1) // 4 * 4 + 1)
-        near = f"{lo} or {lo + 4}" if lo < mode.frames else f"{lo}"
-        p.append(f"frames={mode.frames} must be 4k + 1 and >= 5 (nearest valid: {near})")
+    bad_frames = L.frames_problem(mode.frames)
+    if bad_frames:
+        p.append(bad_frames)
+        if not isinstance(mode.frames, int):
+            return p  # the checks below compare against the frame count
     if mode.carry == "pixel":
         if not 1 <= mode.motion_frames < mode.frames:
             p.append(f"motion_frames={mode.motion_frames} must be in [1, frames - 1]")
@@ -229,36 +242,41 @@ def _check(mode: ModeConfig) -> list[str]:
         p.append(f"stitch={mode.stitch!r} must be 'drop_tail' or 'drop_head'")
     if mode.prompt_policy not in ("first", "cycle", "hold"):
         p.append(f"prompt_policy={mode.prompt_policy!r} must be 'first', 'cycle' or 'hold'")
-    if mode.clip_count_rule not in ("fixed", "min_prompts", "pose"):
+    if mode.clip_count_rule not in ("fixed", "min_prompts", "audio", "pose"):
         p.append(
-            f"clip_count_rule={mode.clip_count_rule!r} must be 'fixed', 'min_prompts' or 'pose'"
+            f"clip_count_rule={mode.clip_count_rule!r} must be 'fixed', 'min_prompts', 'audio' "
+            "or 'pose'"
         )
     if mode.resize not in ("fit_width", "fixed"):
         p.append(f"resize={mode.resize!r} must be 'fit_width' or 'fixed'")
-    if mode.prompt_repeat < 1:
-        p.append(f"prompt_repeat={mode.prompt_repeat} must be >= 1")
-    if mode.mask_frames < 1:
-        p.append(f"mask_frames={mode.mask_frames} must be >= 1")
-    if mode.steps < 1:
-        p.append(f"steps={mode.steps} must be >= 1")
-    if mode.shift <= 0:
-        p.append(f"shift={mode.shift} must be > 0")
+    for problem in (
+        L.number_problem("prompt_repeat", mode.prompt_repeat, 1, L.MAX_PROMPT_REPEAT, integer=True),
+        L.number_problem("mask_frames", mode.mask_frames, 1, mode.latent_frames, integer=True),
+        L.number_problem("steps", mode.steps, 1, L.MAX_STEPS, integer=True, hint="50 official"),
+        L.number_problem("shift", mode.shift, *L.SHIFT_RANGE, hint="5 official"),
+        L.number_problem("fps", mode.fps, *L.FPS_RANGE),
+        L.number_problem("default_clips", mode.default_clips, 1, L.MAX_CLIPS, integer=True),
+        L.number_problem("seed_base", mode.seed_base, 0, L.MAX_SEED, integer=True),
+        L.number_problem("seed_stride", mode.seed_stride, 0, L.MAX_SEED_STRIDE, integer=True),
+        L.number_problem("max_width", mode.max_width, L.MIN_SIDE, L.MAX_SIDE, integer=True),
+    ):
+        if problem:
+            p.append(problem)
     if mode.guidance not in GUIDANCE_KINDS:
         p.append(f"guidance={mode.guidance!r} must be one of {', '.join(GUIDANCE_KINDS)}")
-    else:
+    else:  # guidance scales: svi_core.guidance.scale_problems (bound: limits.MAX_GUIDANCE)
         p += scale_problems("cfg", mode.cfg) + scale_problems("cfg_audio", mode.cfg_audio)
-    if mode.fps <= 0:
-        p.append(f"fps={mode.fps} must be > 0")
-    if mode.default_clips < 1:
-        p.append(f"default_clips={mode.default_clips} must be >= 1")
     if mode.timestep_dtype not in ("float32", "bfloat16"):
         p.append(f"timestep_dtype={mode.timestep_dtype!r} must be 'float32' or 'bfloat16'")
-    if mode.boundary is not None and not 0.0 < mode.boundary < 1.0:
+    if mode.boundary is not None and not 0.0 < mode.boundary < 1.0:  # also refuses nan
         p.append(f"boundary={mode.boundary} must be in (0, 1) or None")
     if mode.overlap is not None and not 0 <= mode.overlap < mode.frames:
         p.append(f"overlap={mode.overlap} must be in [0, frames - 1]")
-    if mode.width % 16 or mode.height % 16 or mode.max_width % 16:
-        p.append("width, height and max_width must be multiples of 16")
+    bad_size = L.size_problem(mode.width, mode.height)
+    if bad_size:
+        p.append(bad_size)
+    if mode.max_width % 16:
+        p.append(f"max_width={mode.max_width} must be a multiple of 16")
     return p
 
 
@@ -348,13 +366,38 @@ MODES: dict[str, ModeConfig] = {
     ),
     "v2_pro": ModeConfig(
         name="v2_pro",
-        lora="SVI_v2_PRO_Wan2.2-I2V-A14B_HIGH/LOW_lora_rank_128_fp16.safetensors",
+        lora="SVI_Wan2.2-I2V-A14B_high/low_noise_lora_v2.0_pro.safetensors",
         carry="latent",
         motion_frames=0,
         motion_latents=1,
         padding="zeros",
         default_clips=15,
         **_WAN22,
+    ),
+    # SVI-Talk (official test_svi_talk.py, scripts/test/svi_talk.sh,
+    # diffsynth/pipelines/svi_video_talk.py): m = 1 (test_svi_talk.py:86-91), reference
+    # padding (--ref_pad_num -1, :81-85), every frame kept (:304-308), text 2.0 / audio 5.0
+    # over three passes (:45-56, svi_video_talk.py:448-466), 50 steps (hard-coded,
+    # test_svi_talk.py:286), shift 5 (svi_video_talk.py:161), 25 fps (test_svi_talk.py:319),
+    # 50 clips (svi_talk.sh:7), max width 640 (test_svi_talk.py:199), prompt "a person is
+    # talking" (:138). The official seed is None (fresh torch.randn every run, :22): we keep
+    # the fixed base + k * stride rule so that a run can resume.
+    "talk": ModeConfig(
+        name="talk",
+        lora="svi-talk.safetensors + MeiGen-MultiTalk multitalk.safetensors",
+        motion_frames=1,
+        padding="reference",
+        overlap=0,
+        prompt_policy="first",
+        prompt_repeat=1,
+        clip_count_rule="audio",
+        default_clips=50,
+        max_width=640,
+        guidance="text_audio",
+        cfg_audio=5.0,
+        conditions=("audio",),
+        default_prompt="a person is talking",
+        **{**_WAN21, "cfg": 2.0, "fps": 25.0},
     ),
     # SVI-Dance (official test_svi_dance.py, scripts/test/svi_dance.sh,
     # diffsynth/pipelines/svi_video_dance.py; every rule with its line in the project notes'
@@ -381,7 +424,21 @@ MODES: dict[str, ModeConfig] = {
         **{**_WAN21, "cfg": 2.0, "fps": 25.0},
     ),
 }
-"""The official presets. Values and where they come from: DESIGN.md §2-§3."""
+"""The official presets. Values and where they come from: DESIGN.md §2-§3 (Talk: the comment
+above and the project notes' TALK_RULES)."""
+
+
+def clip_vision_problem(mode: ModeConfig, given: bool, how: str) -> str | None:
+    """The one rule for the CLIP-vision input: a mode whose DiT takes a CLIP-vision feature
+    (``mode.clip_vision``: the Wan2.1 I2V modes) needs an image encoder. None when satisfied,
+    else the sentence every front end shows, ending with ``how`` to fix it (the CLI's flag or
+    the node's input)."""
+    if mode.clip_vision and not given:
+        return (
+            f"mode {mode.name!r} runs Wan2.1 I2V 14B, which needs CLIP vision "
+            f"(clip_vision_h.safetensors): {how}"
+        )
+    return None
 
 
 def mode_names() -> list[str]:
@@ -402,7 +459,7 @@ def get_mode(name: str | ModeConfig, **overrides: object) -> ModeConfig:
         if key not in MODES:
             raise SVIError(
                 f"unknown SVI mode {name!r}; expected one of {', '.join(MODES)}"
-                " (shot/film/tom/v2/dance = Wan2.1, v2_w22/v2_pro = Wan2.2 A14B)"
+                " (shot/film/tom/v2/talk/dance = Wan2.1, v2_w22/v2_pro = Wan2.2 A14B)"
             )
         base = MODES[key]
     fields = {f.name for f in dataclasses.fields(ModeConfig)}

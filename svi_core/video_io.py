@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import SVIError
 from .log import logger
 
 DEFAULT_CRF = 16
@@ -81,20 +82,95 @@ def write_segment(
     return path
 
 
+class VideoReadError(SVIError):
+    """A file cannot be decoded as a video (not a video, no video stream, truncated)."""
+
+
+_DECODE_ERRORS = (OSError, RuntimeError, ValueError, KeyError, StopIteration)
+"""What imageio-ffmpeg raises for a file ffmpeg cannot decode (its message holds ffmpeg's
+whole log, banner included)."""
+
+
+_FFMPEG_REASONS = (
+    ("moov atom not found", "no index (moov atom): the file is truncated"),
+    (
+        "does not contain any stream",
+        "no video stream it can decode: audio only, empty or truncated",
+    ),
+    ("invalid data found", "not a video file"),
+)
+
+
+def _ffmpeg_reason(exc: BaseException) -> str:
+    """One line saying why ffmpeg could not read a file (imageio-ffmpeg's error holds ffmpeg's
+    whole log, banner included)."""
+    text = str(exc)
+    low = text.lower()
+    for needle, reason in _FFMPEG_REASONS:
+        if needle in low:
+            return reason
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if "error" in line.lower():
+            return line
+    return lines[0] if lines else type(exc).__name__
+
+
+def _unreadable(path: Path, exc: BaseException) -> VideoReadError:
+    return VideoReadError(
+        f"{path} cannot be read as a video (ffmpeg: {_ffmpeg_reason(exc)}); pass a video file "
+        "with a video stream (e.g. an mp4 written by SVI)"
+    )
+
+
 def read_video_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """Decode a video file frame by frame: yields uint8 ``[H, W, 3]`` RGB arrays."""
+    """Decode a video file frame by frame: yields uint8 ``[H, W, 3]`` RGB arrays.
+
+    Raises:
+        FileNotFoundError: no such file. VideoReadError: ffmpeg cannot decode it (one line
+            naming the file and ffmpeg's reason).
+    """
     ff = _ffmpeg()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video {path} does not exist")
-    gen = ff.read_frames(str(path), pix_fmt="rgb24")
-    meta = next(gen)
-    w, h = meta["size"]
     try:
-        for raw in gen:
+        gen = ff.read_frames(str(path), pix_fmt="rgb24")
+        meta = next(gen)
+        w, h = (int(v) for v in meta["size"])
+    except _DECODE_ERRORS as e:
+        raise _unreadable(path, e) from None
+    try:
+        while True:
+            try:
+                raw = next(gen)
+            except StopIteration:
+                return
+            except _DECODE_ERRORS as e:
+                raise _unreadable(path, e) from None
             yield np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3)
     finally:
         gen.close()
+
+
+def video_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of a video file, from its header (no frame decoded).
+
+    Raises FileNotFoundError / VideoReadError like :func:`read_video_frames`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video {path} does not exist")
+    try:
+        gen = _ffmpeg().read_frames(str(path), pix_fmt="rgb24")
+        try:
+            meta = next(gen)
+        finally:
+            gen.close()
+        w, h = (int(v) for v in meta["size"])
+    except _DECODE_ERRORS as e:
+        raise _unreadable(path, e) from None
+    return h, w
 
 
 def read_last_frames(path: str | Path, count: int) -> np.ndarray:
@@ -245,18 +321,9 @@ def _video_track_samples(moov: bytes) -> tuple[list[int], list[int], list[tuple[
     raise ValueError("no video track")
 
 
-def mp4_frame_count(path: str | Path) -> int:
-    """Frames of the video track of an mp4, read from its sample tables (no decoding).
-
-    Also checks that every frame's bytes lie inside the file, so a truncated or partly
-    written file is caught (the sample tables of a stream copy promise frames the file no
-    longer holds).
-
-    Raises:
-        ValueError: not an mp4, no ``moov`` box (a file cut off before ffmpeg finished), no
-            video track, or frames past the end of the file.
-    """
-    path = Path(path)
+def _read_moov(path: Path) -> bytes:
+    """The payload of the top-level ``moov`` box of an mp4 (ValueError when there is none or a
+    top-level box runs past the end of the file)."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         moov = None
@@ -280,6 +347,23 @@ def mp4_frame_count(path: str | Path) -> int:
             pos += box
     if moov is None:
         raise ValueError(f"{path.name}: no moov box (the file is incomplete or not an mp4)")
+    return moov
+
+
+def mp4_frame_count(path: str | Path) -> int:
+    """Frames of the video track of an mp4, read from its sample tables (no decoding).
+
+    Also checks that every frame's bytes lie inside the file, so a truncated or partly
+    written file is caught (the sample tables of a stream copy promise frames the file no
+    longer holds).
+
+    Raises:
+        ValueError: not an mp4, no ``moov`` box (a file cut off before ffmpeg finished), no
+            video track, or frames past the end of the file.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    moov = _read_moov(path)
     sizes, offsets, runs = _video_track_samples(moov)
     sample = 0
     for i, offset in enumerate(offsets):
@@ -300,3 +384,43 @@ def mp4_frame_count(path: str | Path) -> int:
     if sample != len(sizes):
         raise ValueError(f"{path.name}: chunk table covers {sample} of {len(sizes)} frames")
     return len(sizes)
+
+
+def mp4_track_seconds(path: str | Path) -> dict[str, float]:
+    """Duration in seconds of the first track of each kind of an mp4, from the track headers
+    (``mdhd`` duration / timescale; no decoding): ``{"vide": 6.48, "soun": 6.5}``.
+
+    An AAC track's header duration includes the encoder's priming samples and the padding of
+    its last frame (a few tens of milliseconds more than what plays).
+
+    Raises:
+        ValueError: not an mp4 or no ``moov`` box.
+    """
+    moov = _read_moov(Path(path))
+    out: dict[str, float] = {}
+
+    def walk(data_start: int, end: int, found: dict[bytes, tuple[int, int]]) -> None:
+        for kind, a, b in _boxes(moov, data_start, end):
+            if kind in (b"mdia",):
+                walk(a, b, found)
+            elif kind in (b"hdlr", b"mdhd"):
+                found.setdefault(kind, (a, b))
+
+    for kind, a, b in _boxes(moov, 0, len(moov)):
+        if kind != b"trak":
+            continue
+        found: dict[bytes, tuple[int, int]] = {}
+        walk(a, b, found)
+        if b"hdlr" not in found or b"mdhd" not in found:
+            continue
+        handler = moov[found[b"hdlr"][0] + 8 : found[b"hdlr"][0] + 12].decode("latin-1")
+        m = found[b"mdhd"][0]
+        if moov[m] == 1:  # version 1: 64-bit times
+            scale = int.from_bytes(moov[m + 20 : m + 24], "big")
+            duration = int.from_bytes(moov[m + 24 : m + 32], "big")
+        else:
+            scale = int.from_bytes(moov[m + 12 : m + 16], "big")
+            duration = int.from_bytes(moov[m + 16 : m + 20], "big")
+        if scale and handler not in out:
+            out[handler] = duration / scale
+    return out

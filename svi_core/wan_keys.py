@@ -49,6 +49,13 @@ _TOP_OFFICIAL_TO_DIFFUSERS: dict[str, str] = {
 }
 _TOP_DIFFUSERS_TO_OFFICIAL = {v: k for k, v in _TOP_OFFICIAL_TO_DIFFUSERS.items()}
 
+BLOCK_MODULES: tuple[str, ...] = (*_BLOCK_OFFICIAL_TO_DIFFUSERS, "modulation")
+"""Every per-block module of the official layout (``blocks.N.<module>``), plus the block's bare
+``modulation`` parameter (diffusers: ``scale_shift_table``, a parameter of the block itself)."""
+
+TOP_MODULES: tuple[str, ...] = tuple(_TOP_OFFICIAL_TO_DIFFUSERS)
+"""Every top-level module of the official layout (``head.modulation`` is a bare parameter)."""
+
 # The Linear layers SVI LoRAs target in every block (official ``lora_target_modules``).
 SVI_LORA_TARGETS: tuple[str, ...] = (
     "self_attn.q",

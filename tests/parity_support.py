@@ -1,4 +1,9 @@
-"""Shared helpers of the parity tests: where the reference fixtures are, how to report."""
+"""Shared helpers of the parity tests: where the reference fixtures are, how to report.
+
+The fixtures are the project's own (``tests/fixtures/``, written from ComfyUI's Wan classes by
+``tests/fixtures/make_fixtures.py``); ``SVI_FIXTURES_DIR`` points the tests at another set of
+the same layout (e.g. a reference set kept outside the repository).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def fixtures_dir() -> Path:
-    """``$SVI_FIXTURES_DIR``, else ``<repo>/../shared/fixtures``."""
+    """``$SVI_FIXTURES_DIR`` when set, else the project's ``tests/fixtures``."""
     env = os.environ.get("SVI_FIXTURES_DIR")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "fixtures"
+    return Path(env) if env else PROJECT_FIXTURES
 
 
 def fixture(*parts: str) -> Path:

@@ -44,10 +44,8 @@ def inputs(tmp_path):
 
 
 def base_args(tmp_path, img, prompts, model="dit.safetensors"):
-    (tmp_path / model).write_bytes(b"x")
-    (tmp_path / "vae.safetensors").write_bytes(b"x")
-    (tmp_path / "clip.safetensors").write_bytes(b"x")
-    (tmp_path / "emb.safetensors").write_bytes(b"x")
+    for name in (model, "vae.safetensors", "clip.safetensors", "emb.safetensors"):
+        save_file({"x": torch.zeros(1)}, str(tmp_path / name))  # valid headers, no model
     return [
         "generate", "--model", str(tmp_path / model), "--vae", str(tmp_path / "vae.safetensors"),
         "--clip-vision", str(tmp_path / "clip.safetensors"),
@@ -60,9 +58,15 @@ def base_args(tmp_path, img, prompts, model="dit.safetensors"):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--frames", "80"], "frames per clip must be 4k \\+ 1.*try 77 or 81"),
+        (["--frames", "80"], "frames=80 per clip must be 4k \\+ 1.*try 77 or 81"),
         (["--width", "500", "--height", "480"], "width=500 \\(nearest valid: 496 or 512\\)"),
         (["--mode", "v2_pro", "--frames", "9", "--clips", "0"], "num_clips=0"),
+        # non-finite and absurd numbers: refused up front, naming the bound (issue 10 H)
+        (["--cfg", "nan"], "cfg=nan must be a finite number"),
+        (["--shift", "inf"], "shift=inf must be a finite number in \\[0.1, 100\\]"),
+        (["--fps", "nan"], "fps=nan must be a finite number in \\[1, 120\\]"),
+        (["--clips", "99999999999999999999"], "num_clips=99999999999999999999 must be an integer"),
+        (["--width", "160000", "--height", "160000"], "width=160000 \\(largest valid: 4096\\)"),
     ],
 )
 def test_bad_settings_refused(tmp_path, inputs, caplog, extra, message):
@@ -89,6 +93,33 @@ def test_bad_inputs_refused(tmp_path, inputs, caplog):
     i = args.index("--clip-vision")
     del args[i : i + 2]
     assert main(args) == 2 and "needs CLIP vision" in caplog.text
+
+
+def test_all_problems_of_a_run_are_reported_together(tmp_path, inputs, caplog):
+    """One run names every cheap problem at once (issue 10, 2): here the text encoder, the
+    width, the prompt file, the image and the cfg, in one error line."""
+    img, prompts = inputs
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image", encoding="utf-8")
+    args = base_args(tmp_path, broken, tmp_path / "missing_prompts.txt")
+    i = args.index("--text-embeddings")
+    del args[i : i + 2]
+    args += ["--width", "500", "--height", "480", "--cfg", "nan"]
+    caplog.clear()
+    assert main(args) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0]
+    text = errors[0]
+    assert text.startswith("error: 5 problems: (1) ")
+    for part in (
+        "cfg=nan",
+        "no text encoder",
+        "prompt file",
+        "width=500",
+        "cannot be read as an image",
+    ):
+        assert part in text, part
+    assert not (tmp_path / "out.run").exists()
 
 
 def test_lora_spec_parsing():
@@ -122,8 +153,11 @@ def tiny_models(tmp_path_factory):
     lora = FIXTURES / "svi_lora" / "lora_peft_names.safetensors"
     shutil.copy(lora, tmp_path / "svi_lora.safetensors")
     out["lora"] = tmp_path / "svi_lora.safetensors"
+    dit_cfg = json.loads((FIXTURES / "wan21_i2v_dit" / "config.json").read_text())
+    text_dim, clip_dim = dit_cfg["text_dim"], dit_cfg["clip_dim"]  # sizes of the fixture set
+    out["text_dim"] = text_dim
     torch.manual_seed(0)
-    cfg = CLIPVisionConfig(hidden_size=96, intermediate_size=64, num_hidden_layers=2,
+    cfg = CLIPVisionConfig(hidden_size=clip_dim, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=4, image_size=224, patch_size=14)  # fmt: skip
     clip = CLIPVisionModel(cfg)
     (tmp_path / "clip").mkdir()
@@ -137,8 +171,8 @@ def tiny_models(tmp_path_factory):
     g = torch.Generator().manual_seed(1)
     ctx = {}
     for p in PROMPTS + [NEGATIVE_PROMPT_EN, NEGATIVE_PROMPT_ZH]:
-        c = torch.zeros(1, 512, 32)
-        c[:, :7] = torch.randn(1, 7, 32, generator=g)
+        c = torch.zeros(1, 512, text_dim)
+        c[:, :7] = torch.randn(1, 7, text_dim, generator=g)
         ctx[p] = c
     out["emb"] = save_text_embeddings(tmp_path / "emb.safetensors", ctx)
     return out
@@ -171,8 +205,8 @@ def test_generate_film_end_to_end_then_extend(tmp_path, inputs, caplog, tiny_mod
     assert "steps=2" in caplog.text and "steps=3" in caplog.text
 
 
-def tiny_umt5(tmp_path):
-    """A 32-wide UMT5 encoder (HF names, as ComfyUI ships it) and a word-level tokenizer."""
+def tiny_umt5(tmp_path, width: int):
+    """A ``width``-wide UMT5 encoder (HF names, as ComfyUI ships it) and a word-level tokenizer."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
@@ -188,7 +222,7 @@ def tiny_umt5(tmp_path):
     )
     fast.save_pretrained(str(tmp_path / "tokenizer"))
     torch.manual_seed(0)
-    cfg = UMT5Config(vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=48, num_layers=1, num_heads=4,
+    cfg = UMT5Config(vocab_size=len(vocab), d_model=width, d_kv=8, d_ff=48, num_layers=1, num_heads=4,
                      relative_attention_num_buckets=8, feed_forward_proj="gated-gelu")  # fmt: skip
     sd = UMT5EncoderModel(cfg).state_dict()
     sd = {k: v.contiguous() for k, v in sd.items() if k != "encoder.embed_tokens.weight"}
@@ -201,7 +235,7 @@ def test_generate_pro_two_experts_with_umt5(tmp_path, inputs, caplog, tiny_model
 
     m = tiny_models
     img, prompts = inputs
-    umt5, tokenizer = tiny_umt5(tmp_path)
+    umt5, tokenizer = tiny_umt5(tmp_path, m["text_dim"])
     out = tmp_path / "pro.mp4"
     args = [
         "generate", "--mode", "v2_pro", "--model", str(m["wan22_i2v_dit"]),
@@ -227,3 +261,17 @@ def test_report_and_demo_are_forwarded(monkeypatch):
     assert main(["report", "v.mp4", "--out", "d"]) == 0
     assert main(["demo", "--clips", "2"]) == 3
     assert seen == [("report", ["v.mp4", "--out", "d"]), ("demo", ["--clips", "2"])]
+
+
+def test_every_flag_of_demo_and_train_has_help_text():
+    """`demo --help` and `train --help` explain every flag (issue 10, 4)."""
+    from svi_core.toy.demo import build_parser as demo_parser
+    from train.cli import FIELD_HELP
+    from train.cli import build_parser as train_parser
+    from train.config import FIELD_NAMES
+
+    assert set(FIELD_HELP) == set(FIELD_NAMES)  # a new config field needs its help line
+    for parser in (demo_parser(), train_parser()):
+        for action in parser._actions:
+            assert action.help, action.option_strings
+    assert "(default: shot 1, film 5)" in train_parser().format_help()

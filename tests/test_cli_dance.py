@@ -134,14 +134,17 @@ def test_generate_dance_end_to_end_then_extend(tmp_path, caplog, tiny_models):  
     m = tiny_models
     from safetensors.torch import load_file
 
+    from svi_core.pose_inputs import dit_width
+
+    width = dit_width(m["wan21_i2v_dit"])  # the tiny fixture DiT's width
     lora = load_file(str(m["lora"]))
-    dfile = dance_file(tmp_path / "svi-dance.safetensors", 64, lora=lora, seed=3)
-    assert load_dance_file(dfile, expected_dim=64).pose.dim == 64
+    dfile = dance_file(tmp_path / "svi-dance.safetensors", width, lora=lora, seed=3)
+    assert load_dance_file(dfile, expected_dim=width).pose.dim == width
     g = torch.Generator().manual_seed(1)
     ctx = {}
     for p in ("the person is dancing", NEGATIVE_PROMPT_EN):
-        c = torch.zeros(1, 512, 32)
-        c[:, :7] = torch.randn(1, 7, 32, generator=g)
+        c = torch.zeros(1, 512, m["text_dim"])
+        c[:, :7] = torch.randn(1, 7, m["text_dim"], generator=g)
         ctx[p] = c
     emb = save_text_embeddings(tmp_path / "emb.safetensors", ctx)
     img = write_image(tmp_path / "dancer.png", 32, 32)

@@ -151,7 +151,7 @@ def test_sizes_and_frames_validation():
     assert reference_size(get_mode("v2_pro"), 1920, 1080) == (832, 480)
     with pytest.raises(SVIError, match="width=500 \\(nearest valid: 496 or 512\\)"):
         check_size(500, 480)
-    with pytest.raises(SVIError, match="got 80, try 77 or 81"):
+    with pytest.raises(SVIError, match="frames=80 per clip.*try 77 or 81"):
         check_frames(80)
     check_frames(81)
     check_size(832, 480)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
@@ -234,3 +235,96 @@ def test_run_folder_without_manifest_is_refused(tmp_path):
 
     with pytest.raises(SVIError, match="manifest.json"):
         layout_from_run(str(tmp_path))
+
+
+def test_report_never_writes_through_symlinks(tmp_path):
+    """build_report(inside=root) refuses a report folder that resolves outside root, and a
+    report.json planted as a symlink is replaced, not written through (issue 10 I)."""
+    frames = video(2, lambda t, k: u8(moving(texture(3), t)))
+    vid = tmp_path / "v.mp4"
+    write_mp4(vid, frames)
+    root, elsewhere = tmp_path / "output", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    (root / "rep").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(SVIError, match="outside"):
+        build_report(str(vid), str(root / "rep"), F, M, plot=False, inside=str(root))
+    assert list(elsewhere.iterdir()) == []
+    victim = elsewhere / "victim.txt"
+    victim.write_text("keep me")
+    (root / "rep2").mkdir()
+    (root / "rep2" / "report.json").symlink_to(victim)
+    res = build_report(str(vid), str(root / "rep2"), F, M, plot=False, inside=str(root))
+    assert victim.read_text() == "keep me"
+    assert not Path(res.json_path).is_symlink() and json.loads(Path(res.json_path).read_text())
+
+
+def test_report_plot_falls_back_to_pil_without_matplotlib(tmp_path, monkeypatch):
+    """Without matplotlib (the standalone extra does not list it, ComfyUI does not ship it) the
+    PNG is drawn with PIL instead of failing after the work is done (issue 10, 14)."""
+    from PIL import Image
+
+    from svi_core.report_plot import MARGIN, PANEL_H, PANEL_W
+
+    frames = video(2, lambda t, k: u8(moving(texture(4), t)))
+    vid = tmp_path / "v.mp4"
+    write_mp4(vid, frames)
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # import -> ImportError
+    res = build_report(str(vid), str(tmp_path / "rep"), F, M)
+    with Image.open(res.png_path) as im:
+        assert im.size == (2 * PANEL_W, 3 * PANEL_H + MARGIN)  # the PIL layout
+
+
+def test_report_cli_infers_the_clip_layout(tmp_path, caplog):
+    """`report VIDEO --out DIR` (the README's form) works without layout flags: from a run
+    folder beside the video (<video>.run/ as `generate` writes it), else SVI's official 81/5,
+    each choice logged (issue 10, 4)."""
+    import logging
+
+    frames = video(5, lambda t, k: u8(moving(texture(5), t)))
+    vid = tmp_path / "film.mp4"
+    write_mp4(vid, frames)
+    with caplog.at_level(logging.INFO):
+        assert main([str(vid), "--out", str(tmp_path / "r1"), "--no-plot"]) == 0
+    assert "assuming SVI's official 81 frames per clip with 5 overlap" in caplog.text
+    data = json.loads((tmp_path / "r1" / "report.json").read_text())
+    assert (data["clip_frames"], data["overlap"], len(data["clips"])) == (81, 5, 1)
+    run = tmp_path / "film.run"
+    run.mkdir()
+    clips = [
+        {"frames_kept": STRIDE, "tail_frames": M if i == 4 else 0, "index": i} for i in range(5)
+    ]
+    (run / "manifest.json").write_text(
+        json.dumps({"settings": {"frames": F, "motion_frames": M}, "clips": clips})
+    )
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main([str(vid), "--out", str(tmp_path / "r2"), "--no-plot"]) == 0
+    assert f"clip layout from the run folder {run}" in caplog.text
+    data = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert (data["clip_frames"], data["overlap"], len(data["clips"])) == (F, M, 5)
+    assert main([str(vid), "--out", str(tmp_path / "r3"), "--clip-frames", "9"]) == 2
+
+
+def test_rhythm_ratio_is_the_seam_ratio_of_the_4_frame_comb():
+    """The baseline a seam is compared with (issue 10, 5): inside 13-frame clips, the change
+    peaks every 4th frame (the Wan VAE's latent groups); rhythm_ratio is the seam ratio at
+    those peaks. A still video gives 1; clips too short for a window give None."""
+    from svi_core.drift import ClipSpan, rhythm_ratio
+
+    spans = [ClipSpan(k, 12 * k, 12 * k + 12) for k in range(4)]
+    diffs = np.full(48, 0.01)
+    for sp in spans:
+        diffs[sp.start + 1 : sp.end : 4] = 0.05  # the comb: frames 1, 5, 9 of every clip
+    # window of 4 on each side of a peak: peaks at +-4, six flat frames -> median 0.01
+    assert rhythm_ratio(diffs, spans) == pytest.approx((0.05 + 1e-4) / (0.01 + 1e-4))
+    assert rhythm_ratio(np.zeros(48), spans) == pytest.approx(1.0)
+    assert rhythm_ratio(diffs, [ClipSpan(k, 6 * k, 6 * k + 6) for k in range(8)]) is None
+
+
+def test_report_explains_seams_and_the_comb():
+    frames = video(4, lambda t, k: u8(moving(texture(6), t)))
+    data = analyse_frames(frames, F, M).to_dict()
+    assert {"seam_ratio", "motion"} <= set(data["notes"])
+    assert "4-frame" in data["notes"]["motion"] and "rhythm_ratio" in data["notes"]["seam_ratio"]
+    assert {"median_seam_ratio", "rhythm_ratio"} <= set(data["summary"])

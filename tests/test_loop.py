@@ -145,24 +145,31 @@ def test_failing_write_leaves_store_consistent(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("over", "message"),
     [
-        ({"frames": 80}, "4k \\+ 1"),
+        ({"num_clips": 0}, "num_clips=0 must be an integer in \\[1, 10000\\]"),
+        ({"crf": 99}, "crf=99 must be an integer in \\[0, 51\\]"),
+        ({"seed_base": 2**64 - 1}, "the last clip's seed"),
         ({"width": 500}, "width=500 \\(nearest valid: 496 or 512\\)"),
         ({"prompts": []}, "prompt stream is empty"),
         ({"reference": torch.zeros(16, 16, 3, dtype=torch.uint8)}, "resize it to the video size"),
     ],
 )
 def test_bad_input_refused_before_work(tmp_path, over, message):
+    """run_clips itself refuses settings and inputs no model can run, before it encodes,
+    denoises or creates the run folder. (A frame count that is not 4k + 1 never gets this far:
+    ModeConfig refuses it when the mode is made, see test_modes.)"""
     be = FakeBackend()
-    frames = over.get("frames", 9)
-    width = over.get("width", W)
+    mode = get_mode("film", frames=9, steps=2, seed_base=over.get("seed_base", 0))
+    s = RunSettings(
+        mode=mode,
+        width=over.get("width", W),
+        height=H,
+        num_clips=over.get("num_clips", 2),
+        crf=over.get("crf", 16),
+    )
+    inputs = LoopInputs(over.get("reference", reference()), over.get("prompts", PROMPTS))
     with pytest.raises(SVIError, match=message):
-        mode = get_mode("film", steps=2, **({"frames": frames} if frames != 80 else {}))
-        if frames == 80:
-            mode = get_mode("film", frames=80)
-        s = RunSettings(mode=mode, width=width, height=H, num_clips=2)
-        inputs = LoopInputs(over.get("reference", reference()), over.get("prompts", PROMPTS))
         run_clips(be, s, inputs, tmp_path / "run")
-    assert be.denoise_calls == 0 and not (tmp_path / "run").exists()
+    assert be.denoise_calls == 0 and not be.encoded and not (tmp_path / "run").exists()
 
 
 def test_conditioning_items_fingerprint_by_content():

@@ -69,7 +69,7 @@ def test_unknown_name_and_field():
 
 
 def test_bad_override_is_refused():
-    with pytest.raises(SVIError, match="frames=80 must be 4k"):
+    with pytest.raises(SVIError, match="frames=80 per clip must be 4k"):
         get_mode("film", frames=80)
     with pytest.raises(SVIError, match="motion_frames"):
         get_mode("film", motion_frames=0)
@@ -80,3 +80,74 @@ def test_timestep_dtype_per_model_family():
     assert {get_mode(n).timestep_dtype for n in ("v2_w22", "v2_pro")} == {"bfloat16"}
     with pytest.raises(SVIError, match="timestep_dtype"):
         get_mode("film", timestep_dtype="float16")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "bound"),
+    [
+        ("cfg", float("nan"), "cfg=nan must be a finite number"),
+        ("cfg", float("inf"), "cfg=inf must be a finite number"),
+        ("cfg", 101.0, "cfg=101.0 must be in \\(0, 100\\]"),
+        ("shift", float("nan"), "shift=nan must be a finite number in \\[0.1, 100\\]"),
+        ("shift", float("-inf"), "shift=-inf"),
+        ("fps", float("nan"), "fps=nan must be a finite number in \\[1, 120\\]"),
+        ("steps", 10**6, "steps=1000000 must be an integer in \\[1, 1000\\]"),
+        ("frames", 2001, "frames=2001 per clip must be 4k \\+ 1 in \\[5, 1001\\].*try 1001"),
+        ("seed_base", -1, "seed_base=-1 must be an integer in \\[0, 18446744073709551615\\]"),
+        ("prompt_repeat", 10**9, "prompt_repeat=1000000000 must be an integer in \\[1, 1000\\]"),
+    ],
+)
+def test_non_finite_and_absurd_numbers_are_refused_naming_the_bound(field, value, bound):
+    with pytest.raises(SVIError, match=bound):
+        get_mode("film", **{field: value})
+
+
+def test_every_problem_of_a_mode_is_listed_at_once():
+    with pytest.raises(SVIError) as info:
+        get_mode("film", cfg=float("nan"), steps=0, frames=80)
+    text = str(info.value)
+    assert "cfg=nan" in text and "steps=0" in text and "frames=80" in text
+
+
+def test_run_settings_bounds():
+    from svi_core.loop import RunSettings
+
+    mode = get_mode("film", frames=9)
+    with pytest.raises(SVIError, match="num_clips=99999999999999999999 must be an integer in"):
+        RunSettings(mode, 32, 32, num_clips=99999999999999999999).validate()
+    with pytest.raises(SVIError, match="width=160000 \\(largest valid: 4096\\)"):
+        RunSettings(mode, 160000, 160000, num_clips=1).validate()
+    big_seed = get_mode("film", frames=9, seed_base=2**64 - 10)
+    with pytest.raises(SVIError, match="last clip's seed"):
+        RunSettings(big_seed, 32, 32, num_clips=2).validate()
+    RunSettings(big_seed, 32, 32, num_clips=1).validate()  # the seed itself fits
+
+
+def test_clip_vision_rule_is_one_sentence_for_every_front_end():
+    from svi_core.modes import clip_vision_problem
+
+    assert clip_vision_problem(get_mode("v2_pro"), False, "x") is None  # Wan2.2: no CLIP
+    assert clip_vision_problem(get_mode("film"), True, "x") is None
+    text = clip_vision_problem(get_mode("film"), False, "pass --clip-vision FILE")
+    assert "needs CLIP vision" in text and text.endswith("pass --clip-vision FILE")
+
+
+def test_talk_preset_is_the_official_one():
+    """test_svi_talk.py / scripts/test/svi_talk.sh / svi_video_talk.py (TALK_RULES §1-§9)."""
+    m = get_mode("talk")
+    assert (m.model, m.clip_vision, m.carry, m.motion_frames, m.padding) == (
+        "wan2.1", True, "pixel", 1, "reference",
+    )  # fmt: skip
+    # every frame of every clip kept (test_svi_talk.py:304-308): N * 81 frames
+    assert m.overlap_frames == 0 and m.video_length(50) == 50 * 81
+    assert (m.guidance, m.cfg, m.cfg_audio) == ("text_audio", 2.0, 5.0)
+    assert [(p.negative_text, sorted(p.null)) for p in m.guidance_for().passes] == [
+        (False, []), (True, []), (True, ["audio"]),
+    ]  # fmt: skip
+    assert (m.steps, m.shift, m.fps, m.max_width, m.resize) == (50, 5.0, 25.0, 640, "fit_width")
+    assert m.default_prompt == "a person is talking" and m.conditions == ("audio",)
+    assert m.negative_prompt == get_mode("shot").negative_prompt
+    # clips: the official 50 without speech; with speech, enough to cover it
+    assert m.clip_count(1) == 50
+    assert m.clip_count(1, 7500) == 93  # 5 min at 25 fps: ceil((7500 + 1) / 81)
+    assert m.clip_count(1, 81) == 1 and m.clip_count(1, 82) == 2

@@ -109,19 +109,6 @@ def test_module_shapes_strips_prefix_and_skips_non_weights():
     assert convert.module_shapes(sd) == {"blocks.0.self_attn.q": (8, 4), "head.head": (2, 8)}
 
 
-def test_split_prompt_text_lines_paragraphs_comments_and_lists():
-    assert convert.split_prompt_text("a cat\n# note\n\n") == ["a cat"]
-    assert convert.split_prompt_text("one\ntwo\n# c\nthree") == ["one", "two", "three"]
-    para = "A man walks\ninto a bar.\n\n# comment\nHe orders\n  a drink.\n"
-    assert convert.split_prompt_text(para) == ["A man walks into a bar.", "He orders a drink."]
-    assert convert.split_prompt_text('prompts = ["x", "y"]') == ["x", "y"]
-    assert convert.split_prompt_text("[cinematic] a cat") == ["[cinematic] a cat"]
-    with pytest.raises(errors.SVIError, match="no prompt"):
-        convert.split_prompt_text("# only a comment\n\n")
-    with pytest.raises(errors.SVIError):
-        convert.split_prompt_text('prompts = ["x", __import__("os")]')
-
-
 def test_image_to_pose_frames_round_trips_uint8() -> None:
     convert = _pack_module("nodes.convert")
     SVIError = convert.SVIError  # the pack's own class (imported under the test package name)

@@ -104,7 +104,7 @@ def test_summary_text_formats_numbers_none_and_path():
 
 
 def test_pil_plot_draws_series_and_seams_where_the_clips_start():
-    dplot = _pack_module("nodes.drift_plot")
+    dplot = _pack_module("svi_core.report_plot")
     n = 21
     per_frame = {k: [float(j) for j in range(n)] for k, _ in dplot.SERIES}
     per_frame["ssim_anchor"] = [None] * n  # an undefined series leaves its panel empty
@@ -124,3 +124,23 @@ def test_pil_plot_draws_series_and_seams_where_the_clips_start():
 
     assert panel(0).sum() > 100  # the rising delta_e line
     assert panel(4).sum() == 0  # ssim_anchor all None
+
+
+def test_symlinked_report_folders_cannot_lead_outside_the_output(tmp_path):
+    """A `<loose>_drift` or `svi_drift` folder planted as a symlink to somewhere else is
+    refused (issue 10 I): the containment check runs on the resolved path."""
+    out, elsewhere = tmp_path / "output", tmp_path / "elsewhere"
+    (out / "clips").mkdir(parents=True)
+    elsewhere.mkdir()
+    video = out / "clips" / "loose.mp4"
+    video.write_bytes(b"x")
+    (out / "clips" / "loose_drift").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(errors.SVIError, match="outside the output folder"):
+        dp.resolve_target(str(out), "", str(video))
+    outside_video = tmp_path / "input" / "clip.mp4"
+    outside_video.parent.mkdir()
+    outside_video.write_bytes(b"x")
+    (out / "svi_drift").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(errors.SVIError, match="outside the output folder"):
+        dp.resolve_target(str(out), "", str(outside_video))
+    assert list(elsewhere.iterdir()) == []

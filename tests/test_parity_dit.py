@@ -74,3 +74,47 @@ def test_dit_bf16_keeps_diffusers_fp32_modules_and_stays_close() -> None:
     diff = (out.float() - expected).abs().max().item()
     report(f"{name} DiT forward in bf16 (informative)", diff, 0.05 * expected.abs().max().item())
     assert diff <= 0.05 * expected.abs().max().item()
+
+
+def test_i2v_without_clip_feature_is_refused_since_comfy_differs() -> None:
+    """``expected_no_clip``: ComfyUI's Wan2.1 I2V DiT called without ``clip_fea`` (it then runs
+    the image branch of every cross-attention over the embedded text). The diffusers route
+    drops the image branch instead, and the two disagree far beyond the parity tolerance, so
+    the standalone backend must refuse an I2V DiT without a CLIP feature (as the nodes do for
+    the Wan2.1 modes) rather than give a result ComfyUI would not."""
+    from svi_core.backend import ClipRequest
+    from svi_core.errors import SVIError
+    from svi_core.loop import clip_noise
+    from svi_core.standalone.backend import DiffusersBackend
+    from svi_core.standalone.models import load_wan_transformer, load_wan_vae
+
+    name = "wan21_i2v_dit"
+    model = load_wan_transformer(fixture(name, "model.safetensors"))
+    inputs = load_file(str(fixture(name, "inputs.safetensors")))
+    comfy_no_clip = tensor(name, "expected_no_clip.safetensors", key="out")
+    with torch.no_grad():
+        ours = model(
+            hidden_states=inputs["x"],
+            timestep=inputs["timestep"],
+            encoder_hidden_states=inputs["context"],
+            encoder_hidden_states_image=None,
+            return_dict=False,
+        )[0]
+    diff = (ours - comfy_no_clip).abs().max().item()
+    report(f"{name} without clip_fea (must differ)", diff, TOL)
+    assert diff > 100 * TOL
+
+    backend = DiffusersBackend(
+        model,
+        load_wan_vae(fixture("wan21_vae", "model.safetensors")),
+        text_encoder=lambda _: inputs["context"],
+    )
+    _, _, t, h, w = inputs["x"].shape
+    mask = torch.zeros(1, 4, t, h, w)
+    mask[:, :, 0] = 1
+    request = ClipRequest(
+        index=0, seed=0, noise=clip_noise(0, t, h, w), cond_latent=inputs["x"][:, 20:], mask=mask,
+        positive="p", negative="n", clip_vision=None, steps=2, cfg=1.0, shift=5.0, boundary=None,
+    )  # fmt: skip
+    with pytest.raises(SVIError, match="no CLIP-vision"):
+        backend.denoise(request)

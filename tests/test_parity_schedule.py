@@ -39,3 +39,14 @@ def test_pro_expert_switch(official):
     ts = official["timesteps"]
     assert all(t >= 875 for t in ts[:k]) and all(t < 875 for t in ts[k:])
     assert k == 21  # steps 0-20 high-noise expert (DESIGN §3)
+
+
+def test_comfy_simple_schedule_at_shift_5_is_the_official_one(official):
+    """What the nodes sample with (ComfyUI's ModelSamplingSD3 at shift 5 + scheduler 'simple',
+    float32, recorded by tests/fixtures/make_fixtures.py) equals the official schedule."""
+    if "comfy_simple_sigmas" not in official:
+        pytest.skip("this fixture set has no comfy_simple_sigmas")
+    s = flow_schedule(official["num_inference_steps"], official["shift"])
+    comfy = torch.tensor(official["comfy_simple_sigmas"], dtype=torch.float64)
+    assert comfy.shape == s.sigmas.shape
+    assert torch.allclose(comfy, s.sigmas, atol=5e-7, rtol=0)

@@ -102,3 +102,22 @@ def test_each_frame_gets_the_audio_of_its_window(tmp_path, align) -> None:
     expected_source_block = {"official": 9, "frames": 8}[align]
     assert rms[9] == pytest.approx(src[expected_source_block], rel=0.03)
     assert rms[12] == pytest.approx(src[12 if align == "official" else 11], rel=0.03)
+
+
+def test_the_muxed_file_is_checked_before_it_replaces_the_output(tmp_path) -> None:
+    from svi_core.video_io import mp4_track_seconds
+
+    video, audio = _video(tmp_path), _tone(tmp_path, 2.0)
+    assert "soun" not in mp4_track_seconds(video)
+    out = tmp_path / "talk.mp4"
+    out.write_bytes(b"previous")
+    segments = audio_segments(2, frames=9)
+    with pytest.raises(SVIError, match="has 18 frames, expected 20"):
+        mux_audio(video, audio, out, segments, expected_frames=20)
+    assert out.read_bytes() == b"previous"  # a failed mux keeps the previous file
+    mux_audio(video, audio, out, segments, expected_frames=18)
+    tracks = mp4_track_seconds(out)
+    assert tracks["vide"] == pytest.approx(18 / 25) and abs(tracks["soun"] - 18 / 25) < 0.1
+    # the output may be the video itself (a second finishing step)
+    mux_audio(out, audio, out, segments, expected_frames=18)
+    assert len(list(read_video_frames(out))) == 18

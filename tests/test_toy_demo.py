@@ -27,5 +27,24 @@ def test_short_demo_writes_video_and_report(tmp_path):
 
 
 def test_demo_cli_rejects_bad_counts(tmp_path):
-    with pytest.raises(SystemExit):
-        main(["--out", str(tmp_path), "--clips", "0"])
+    assert main(["--out", str(tmp_path / "d"), "--clips", "0"]) == 2
+    assert main(["--out", str(tmp_path / "d"), "--steps", "100000"]) == 2
+    assert main(["--out", str(tmp_path / "d"), "--threads", "-1"]) == 2
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_cli_draws_the_plot_without_matplotlib(tmp_path, monkeypatch):
+    """`python -m svi_core demo` without matplotlib: exit 0 and a PIL report.png, not a
+    ModuleNotFoundError after every clip was generated (issue 10, 14); torch runs on the
+    demo's default one thread (issue 10, 3)."""
+    import torch
+
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["--out", str(tmp_path / "d"), "--clips", "2", "--steps", "1"]) == 0
+        assert torch.get_num_threads() == 1  # the demo's default --threads
+    finally:
+        torch.set_num_threads(before)
+    assert (tmp_path / "d" / "report.png").stat().st_size > 1000

@@ -219,6 +219,18 @@ def test_config_presets_and_errors(tmp_path: Path):
         preset("shot", export_name="../elsewhere.safetensors")
     with pytest.raises(SVIError, match="expects"):
         load_config(None, lora_rank="many")
+    # non-finite and absurd numbers, and a file name too long to write, are refused up front
+    # (flags arrive as strings: "nan" parses as a float)
+    with pytest.raises(SVIError, match="learning_rate=nan must be a finite number in"):
+        load_config(None, learning_rate="nan")
+    with pytest.raises(SVIError, match="shift=inf must be a finite number in \\[0.1, 100\\]"):
+        load_config(None, shift="inf")
+    with pytest.raises(SVIError, match="width=160000 \\(largest valid: 4096\\)"):
+        load_config(None, width="160000", height="160000")
+    with pytest.raises(SVIError, match="export_name is 300 characters.*at most 200 bytes"):
+        preset("shot", export_name="x" * 300)
+    with pytest.raises(SVIError, match="lora_rank=100000 must be an integer in \\[1, 4096\\]"):
+        preset("shot", lora_rank=100000)
     # the fingerprint ignores run-only fields, not training fields
     assert shot.fingerprint() == shot.replace(max_steps=5, output_dir="x").fingerprint()
     assert shot.fingerprint() != shot.replace(learning_rate=2e-4).fingerprint()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import math
 import random
-from pathlib import Path
 
 import pytest
 import torch
+from parity_support import fixtures_dir
 
 from train.banks import ErrorBank, ErrorBanks, gather_errors
 from train.erft import (
@@ -26,7 +26,7 @@ from train.erft import (
     weighted_mse,
 )
 
-FIXTURE = Path("/work/shared/fixtures/flow_schedule.json")
+FIXTURE = fixtures_dir() / "flow_schedule.json"
 
 
 def test_training_schedule_and_weights():
@@ -65,7 +65,7 @@ def test_timestep_draw_is_uniform_index():
     assert d.t == pytest.approx(1000 * d.s)
 
 
-@pytest.mark.skipif(not FIXTURE.exists(), reason="shared fixtures not present")
+@pytest.mark.skipif(not FIXTURE.exists(), reason=f"no schedule fixture at {FIXTURE}")
 def test_inference_grid_matches_fixture():
     grid = schedule_timesteps(50, 5.0)
     assert grid.numel() == 50

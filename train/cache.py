@@ -7,7 +7,12 @@ a SHA-256 of the encoder's identity plus the exact input content (uint8 frames, 
 * ``cond``: VAE latent of the conditioning video ``[motion, padding]`` (one causal encode),
   NORMALISED ``[1, 16, T, H/8, W/8]``;
 * ``text``: UMT5 context ``[L, D]`` (512 tokens, padded rows zero);
-* ``clip``: CLIP-vision feature of frame 0 ``[257, C]``.
+* ``clip``: CLIP-vision feature of frame 0 ``[257, C]``;
+* ``audio`` (talk): wav2vec2 features of a whole recording ``[T_a, L, C]`` float32, one per
+  video, keyed by the decoded 16 kHz samples (or the precomputed feature file); a sample stores
+  its start frame and cuts its windows when loaded (:func:`train.talk.sample_audio_windows`);
+* ``pose`` (dance): the sample's pose frames uint8 ``[F, H, W, 3]`` at the training size,
+  stored sparsely when most pixels are black (:func:`train.dance.pack_pose_frames`).
 
 Latents are stored in the training precision (bf16 like the official trainer, or fp32).
 A manifest (``manifest-<hash>.json``: data settings, encoder identities, video files with
@@ -17,6 +22,7 @@ no VAE, text or CLIP encoder at all.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from svi_core.errors import SVIError
@@ -33,7 +40,7 @@ from svi_core.log import logger
 from .config import TrainConfig
 from .data import VideoItem, VideoReadError, conditioning_pixels, draw_sample
 
-KINDS = ("latent", "cond", "text", "clip")
+KINDS = ("latent", "cond", "text", "clip", "audio", "pose")
 _DATA_FIELDS = (
     "mode",
     "num_frames",
@@ -49,6 +56,9 @@ _DATA_FIELDS = (
     "precision",
     "seed",
 )
+_LATER_DATA_FIELDS = ("fixed_caption", "center_square", "resize")
+"""Data fields of the talk / dance presets: in the manifest key only when not at their
+"as before" value, so caches of earlier versions keep their manifests."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,8 @@ class Encoders:
     encode_text: caption -> context ``[L, D]``.
     clip_features: frame ``[1, 3, H, W]`` in [-1, 1] -> ``[257, C]``; None for a DiT without
         an image embedding (Wan2.2) or when ``context_file`` supplies it.
+    audio_features (talk): 16 kHz mono float32 samples ``[N]`` (loudness-normalised) ->
+        wav2vec2 features ``[T_a, L, C]`` at 25 fps (:func:`train.talk.wav2vec2_encoder`).
     """
 
     encode_video: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -67,6 +79,8 @@ class Encoders:
     video_id: str = ""
     text_id: str = ""
     clip_id: str = ""
+    audio_features: Callable[[np.ndarray], torch.Tensor] | None = None
+    audio_id: str = ""
 
 
 def module_fingerprint(module: torch.nn.Module) -> str:
@@ -139,18 +153,36 @@ class FeatureCache:
             ) from e
 
     def put(self, kind: str, key: str, value: torch.Tensor) -> None:
+        self.put_tensors(kind, key, {"value": value})
+
+    def get_tensors(self, kind: str, key: str) -> dict[str, torch.Tensor]:
+        """Every tensor of an entry written by :meth:`put_tensors`."""
+        from safetensors.torch import load_file
+
+        p = self.path(kind, key)
+        try:
+            return load_file(str(p))
+        except OSError as e:
+            raise SVIError(
+                f"cache file '{p}' is missing or damaged ({e}); delete the cache folder "
+                f"'{self.root}' to rebuild it"
+            ) from e
+
+    def put_tensors(self, kind: str, key: str, tensors: dict[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file
 
         p = self.path(kind, key)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_suffix(f".tmp{os.getpid()}")
-        save_file({"value": value.detach().cpu().contiguous()}, str(tmp))
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
         os.replace(tmp, p)
 
 
 @dataclass(frozen=True)
 class CachedSample:
-    """Keys of one encoded sample in the cache (``clip`` None when there is no CLIP feature)."""
+    """Keys of one encoded sample in the cache (``clip`` None when there is no CLIP feature;
+    ``audio`` + ``audio_start`` for talk: the recording's features and the clip's first frame;
+    ``pose`` for dance)."""
 
     video: str
     draw: int
@@ -158,6 +190,9 @@ class CachedSample:
     cond: str
     text: str
     clip: str | None
+    audio: str | None = None
+    audio_start: int = 0
+    pose: str | None = None
 
 
 @dataclass(frozen=True)
@@ -167,12 +202,17 @@ class TrainSample:
     latent: clean NORMALISED latent x0 ``[1, 16, T, h, w]``.
     y: image condition ``[1, 20, T, h, w]`` = mask (4 channels, 1 on latent frame 0) + cond latent.
     context: text ``[1, L, D]``; clip: CLIP feature ``[1, 257, C]`` or None.
+    audio (talk): the MultiTalk windows ``(first [1, 1, 5, L, C], latter [1, T - 1, 8, L, C])``
+        float32 (:func:`svi_core.talk.clip_audio_windows`); None otherwise.
+    pose (dance): the pose frames uint8 ``[F, H, W, 3]``; None otherwise.
     """
 
     latent: torch.Tensor
     y: torch.Tensor
     context: torch.Tensor
     clip: torch.Tensor | None
+    audio: tuple[torch.Tensor, torch.Tensor] | None = None
+    pose: torch.Tensor | None = None
 
 
 def load_sample(cache: FeatureCache, entry: CachedSample) -> TrainSample:
@@ -182,11 +222,23 @@ def load_sample(cache: FeatureCache, entry: CachedSample) -> TrainSample:
     cond = cache.get("cond", entry.cond)
     mask = first_frames_mask(cond.shape[2], cond.shape[3], cond.shape[4], 1).to(cond.dtype)
     clip = cache.get("clip", entry.clip).unsqueeze(0) if entry.clip else None
+    audio = pose = None
+    if entry.audio:
+        from .talk import sample_audio_windows
+
+        frames = (latent.shape[2] - 1) * 4 + 1
+        audio = sample_audio_windows(cache.get("audio", entry.audio), entry.audio_start, frames)
+    if entry.pose:
+        from .dance import unpack_pose_frames
+
+        pose = unpack_pose_frames(cache.get_tensors("pose", entry.pose))
     return TrainSample(
         latent=latent,
         y=torch.cat([mask, cond], dim=1),
         context=cache.get("text", entry.text).unsqueeze(0),
         clip=clip,
+        audio=audio,
+        pose=pose,
     )
 
 
@@ -197,12 +249,23 @@ def sample_rng(config: TrainConfig, item: VideoItem, draw: int) -> random.Random
 
 
 def manifest_path(config: TrainConfig, items: list[VideoItem], encoders_id: str) -> Path:
+    from .config import ADDED_FIELDS
+
     files = []
     for it in items:
         st = it.path.stat()
-        files.append([str(it.path.resolve()), st.st_size, st.st_mtime_ns, it.caption])
+        entry: list = [str(it.path.resolve()), st.st_size, st.st_mtime_ns, it.caption]
+        for extra in (it.audio, it.audio_features, it.pose):
+            if extra is not None:
+                xs = extra.stat()
+                entry.append([str(extra.resolve()), xs.st_size, xs.st_mtime_ns])
+        files.append(entry)
+    fields = {f: getattr(config, f) for f in _DATA_FIELDS}
+    for f in _LATER_DATA_FIELDS:
+        if getattr(config, f) != ADDED_FIELDS[f]:
+            fields[f] = getattr(config, f)
     data = {
-        "data": {f: getattr(config, f) for f in _DATA_FIELDS},
+        "data": fields,
         "encoders": encoders_id,
         "files": files,
     }
@@ -223,6 +286,10 @@ def read_manifest(path: Path, cache: FeatureCache) -> tuple[list[CachedSample], 
                 return None
         if s.clip and not cache.has("clip", s.clip):
             return None
+        if s.audio and not cache.has("audio", s.audio):
+            return None
+        if s.pose and not cache.has("pose", s.pose):
+            return None
     return samples, int(data.get("skipped", 0))
 
 
@@ -242,7 +309,7 @@ def build_cache(
     """
     cache = FeatureCache(config.cache_path)
     enc_id = (
-        encoders.video_id + encoders.text_id + encoders.clip_id
+        encoders.video_id + encoders.text_id + encoders.clip_id + encoders.audio_id
         if isinstance(encoders, Encoders)
         else _factory_id(config)
     )
@@ -257,21 +324,32 @@ def build_cache(
     local: list[dict] = []
     skipped = 0
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
+
+    def get_encoders() -> Encoders:
+        nonlocal resolved
+        if resolved is None:
+            resolved = encoders() if callable(encoders) else encoders
+        return resolved
+
     for idx, item in enumerate(items):
         if idx % world != rank:
             continue
+        audio_key: str | None = None
         for draw in range(config.augment_draws):
             try:
+                if draw == 0 and (item.audio is not None or item.audio_features is not None):
+                    from .talk import cache_audio_features
+
+                    audio_key = cache_audio_features(item, cache, get_encoders)
                 sample = draw_sample(item, config, draw, sample_rng(config, item, draw))
             except VideoReadError as e:
                 logger.warning("skipping unreadable video: %s", e)
                 skipped += 1
                 break
-            if resolved is None:
-                resolved = encoders() if callable(encoders) else encoders
-            local.append(
-                asdict(_encode_sample(config, sample, resolved, cache, dtype, context_override))
-            )
+            encoded = _encode_sample(config, sample, get_encoders(), cache, dtype, context_override)
+            if audio_key is not None:
+                encoded = dataclasses.replace(encoded, audio=audio_key, audio_start=sample.start)
+            local.append(asdict(encoded))
     all_samples, skipped = _merge_ranks(local, skipped, world)
     if not all_samples:
         raise SVIError(
@@ -291,7 +369,8 @@ def build_cache(
 def _factory_id(config: TrainConfig) -> str:
     ids = []
     paths = (config.vae_path, config.text_encoder_path, config.text_embeddings)
-    for p in paths + (config.clip_vision_path, config.context_file):
+    extra = (config.wav2vec_path,) if config.mode == "talk" else ()
+    for p in paths + (config.clip_vision_path, config.context_file) + extra:
         ids.append(file_fingerprint(p) if p and Path(p).exists() else p)
     return "|".join(ids)
 
@@ -301,10 +380,16 @@ def _load_context_file(config: TrainConfig, cache: FeatureCache) -> tuple[str, s
         return None
     from safetensors.torch import load_file
 
+    from svi_core.checkpoints import check_safetensors_header
+
     p = Path(config.context_file)
     if not p.is_file():
         raise SVIError(f"context_file '{p}' does not exist; pass a safetensors file with 'context'")
-    data = load_file(str(p))
+    check_safetensors_header(p, "context_file")  # a pickle or a truncated file: one clear error
+    try:
+        data = load_file(str(p))
+    except Exception as e:  # safetensors raises its own SafetensorError
+        raise SVIError(f"context_file '{p}' cannot be read ({type(e).__name__}: {e})") from None
     if "context" not in data or data["context"].ndim != 2:
         raise SVIError(
             f"context_file '{p}' must hold 'context' [L, D] (and optionally 'clip_fea' "
@@ -353,6 +438,13 @@ def _encode_sample(
             if not cache.has("clip", clip_key):
                 frame = frames_to_pixels(sample.motion[:1])[:, :, 0]
                 cache.put("clip", clip_key, enc.clip_features(frame).float())
+    pose_key = None
+    if sample.pose is not None:
+        from .dance import pack_pose_frames
+
+        pose_key = content_key("pose", sample.pose)
+        if not cache.has("pose", pose_key):
+            cache.put_tensors("pose", pose_key, pack_pose_frames(sample.pose))
     return CachedSample(
         video=sample.video,
         draw=sample.draw,
@@ -360,6 +452,7 @@ def _encode_sample(
         cond=ckey,
         text=tkey,
         clip=clip_key,
+        pose=pose_key,
     )
 
 
@@ -396,3 +489,49 @@ def all_gather_json(obj: object, world: int) -> list:
         json.loads(bytes(b[: int(n)].cpu().tolist()).decode())
         for b, n in zip(bufs, sizes, strict=True)
     ]
+
+
+_INPUT_FILES = (
+    "dit_path",
+    "vae_path",
+    "text_encoder_path",
+    "text_embeddings",
+    "clip_vision_path",
+    "context_file",
+    "multitalk_path",
+    "wav2vec_path",
+    "init_lora",
+)
+_ALWAYS_SAFETENSORS = ("text_embeddings", "context_file")
+
+
+def check_input_files(config: TrainConfig) -> None:
+    """Up-front checks of the model and context files a run will read, before the DiT or any
+    encoder loads: every path that is set exists, and the safetensors ones have a sound header
+    (not a pickle, not truncated: :func:`svi_core.checkpoints.check_safetensors_header`).
+
+    Raises:
+        SVIError: listing every bad file (config key, path, what is wrong).
+    """
+    from svi_core.checkpoints import SAFETENSORS_SUFFIXES, check_safetensors_header
+
+    problems: list[str] = []
+    for name in _INPUT_FILES:
+        value = getattr(config, name)
+        if not value:
+            continue
+        p = Path(value)
+        if not p.exists():
+            problems.append(f"{name} '{p}' does not exist")
+        elif p.is_file() and (
+            name in _ALWAYS_SAFETENSORS or p.suffix.lower() in SAFETENSORS_SUFFIXES
+        ):
+            try:
+                check_safetensors_header(p, name)
+            except SVIError as e:
+                problems.append(str(e))
+    if len(problems) == 1:
+        raise SVIError(problems[0])
+    if problems:
+        listed = "; ".join(f"({i}) {m}" for i, m in enumerate(problems, 1))
+        raise SVIError(f"{len(problems)} problems: {listed}")

@@ -1,7 +1,9 @@
-"""ERFT training configuration: one frozen dataclass, presets ``shot`` and ``film``, TOML loading.
+"""ERFT training configuration: one frozen dataclass, presets ``shot``, ``film``, ``talk`` and
+``dance``, TOML loading.
 
 Every number is a field with the official default (``train_svi.py`` + ``scripts/train/
-svi_{shot,film}.sh`` of vita-epfl/Stable-Video-Infinity; the launch scripts' values win over the
+svi_{shot,film}.sh``, ``train_svi_talk.py`` + ``svi_talk.sh``, ``train_svi_dance.py`` +
+``svi_dance.sh`` of vita-epfl/Stable-Video-Infinity; the launch scripts' values win over the
 argparse defaults). Use :func:`preset` or :func:`load_config` rather than building one by hand.
 """
 
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
+from svi_core import limits as L
 from svi_core.errors import SVIError
 from svi_core.wan_keys import SVI_LORA_TARGETS, official_to_diffusers
 
@@ -21,6 +24,16 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+TrainMode = Literal["shot", "film", "talk", "dance"]
+"""What is trained: ``shot`` / ``film`` (a LoRA), ``talk`` (a LoRA on top of the frozen
+MultiTalk audio modules, :mod:`train.talk`), ``dance`` (a LoRA and the pose embedding,
+:mod:`train.dance`)."""
+
+Resize = Literal["crop", "stretch"]
+"""How frames reach ``height x width``: ``crop`` = a random crop to the target aspect, then a
+bilinear resize (shot, film, talk); ``stretch`` = the whole frame resized bilinearly, the aspect
+ignored (dance: the official crop is computed but never applied, train_svi_dance.py:582-606)."""
 
 Padding = Literal["random_frame", "zeros"]
 """Conditioning padding after the motion frames: ``random_frame`` = one frame of the same clip
@@ -45,6 +58,20 @@ class TrainConfig:
     it), or ``text_embeddings`` (a file of precomputed captions, svi_core's
     ``save_text_embeddings`` format), ``clip_vision_path`` (ViT-H; unset = no CLIP feature).
 
+    Multi-condition modes (each field unused elsewhere): ``fixed_caption`` replaces every caption
+    (official talk "the person is speaking", dance "the person is dancing");
+    ``center_square`` crops landscape frames to a centred square before the random crop (the
+    official talk preprocessing, prepare_video_audio.py:168-171); ``resize`` (see
+    :data:`Resize`). Talk: ``multitalk_path`` (MeiGen-MultiTalk ``multitalk.safetensors``,
+    frozen), ``wav2vec_path`` (local chinese-wav2vec2-base folder, only to fill the cache),
+    ``audio_dropout`` (both audio windows zeroed, train_svi_talk.py:969-973). Dance:
+    ``pose_dropout`` (the pose embedding's output zeroed: 1 - 0.95 x 0.9 = 0.145 from the two
+    official draws, train_svi_dance.py:1041-1048), ``image_dropout`` (y and the CLIP feature
+    zeroed together, no condition error then, :1049-1063), ``pose_hidden`` (channels inside the
+    pose embedding). ``init_lora``: a file whose LoRA (and, for dance, ``dwpose_embedding``)
+    starts the training (official ``--pretrained_lora_path``: the UniAnimate-DiT checkpoint for
+    dance).
+
     ERFT: ``erft_enabled`` False trains a plain LoRA (no banks, no injection). Injection
     probabilities ``noise_prob``/``latent_prob``/``condition_prob``, ``clean_prob`` (no
     injection; banks then update with ``clean_bank_update_prob``), ``bank_cells`` timestep
@@ -58,7 +85,7 @@ class TrainConfig:
     ``fsdp`` (FSDP2 per block; tested on CPU/gloo only). ``export_dtype`` of the exported LoRA file.
     """
 
-    mode: Literal["shot", "film"] = "shot"
+    mode: TrainMode = "shot"
     # data
     dataset: str = ""
     output_dir: str = "runs/svi-train"
@@ -73,6 +100,9 @@ class TrainConfig:
     augment_draws: int = 10
     default_caption: str = ""
     context_file: str = ""
+    fixed_caption: str = ""
+    center_square: bool = False
+    resize: Resize = "crop"
     # models
     dit_path: str = ""
     vae_path: str = ""
@@ -80,6 +110,14 @@ class TrainConfig:
     tokenizer_path: str = ""
     text_embeddings: str = ""
     clip_vision_path: str = ""
+    multitalk_path: str = ""
+    wav2vec_path: str = ""
+    init_lora: str = ""
+    # conditions (talk, dance)
+    audio_dropout: float = 0.0
+    pose_dropout: float = 0.0
+    image_dropout: float = 0.0
+    pose_hidden: int = 16
     # LoRA
     lora_rank: int = 128
     lora_alpha: float = 128.0
@@ -156,7 +194,11 @@ class TrainConfig:
         the run length or checkpoint cadence): a checkpoint only resumes the same fingerprint."""
         from svi_core.run_store import sha256_json  # lazy: keeps this module torch-free
 
-        d = {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
+        d = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in RUN_ONLY_FIELDS and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])
+        }
         return sha256_json(d)[:16]
 
 
@@ -178,21 +220,72 @@ RUN_ONLY_FIELDS = frozenset(
         "tokenizer_path",
         "text_embeddings",
         "clip_vision_path",
+        "multitalk_path",
+        "wav2vec_path",
+        "init_lora",
     }
 )
-"""Fields a resumed run may change (model paths too: the same weights may move)."""
+"""Fields a resumed run may change (model paths too: the same weights may move; ``init_lora``
+only matters before the first checkpoint)."""
+
+ADDED_FIELDS: dict[str, Any] = {
+    "fixed_caption": "",
+    "center_square": False,
+    "resize": "crop",
+    "audio_dropout": 0.0,
+    "pose_dropout": 0.0,
+    "image_dropout": 0.0,
+    "pose_hidden": 16,
+}
+"""Fields added with the talk / dance presets, with the value that means "as before": left out
+of the fingerprint at that value, so shot / film checkpoints of earlier versions still resume."""
+
+
+_FLOAT_RANGES: dict[str, tuple[float, float, str]] = {
+    "learning_rate": (1e-12, 1.0, "1e-4 official"),
+    "weight_decay": (0.0, 10.0, "0.01 official"),
+    "grad_clip": (0.0, 1e6, "1.0 official"),
+    "lora_alpha": (1e-6, 1e6, "= rank officially"),
+    "shift": (*L.SHIFT_RANGE, "5 official"),
+    "error_scale": (0.0, 100.0, "1 official"),
+}
+"""Bounds of the float settings (nan and inf are always refused)."""
+
+_INT_MAXIMA: dict[str, int] = {
+    "crop_jitter": 1000,
+    "augment_draws": 10_000,
+    "lora_rank": 4096,
+    "bank_cells": 1000,
+    "bank_capacity": 1_000_000,
+    "y_error_num": 1000,
+    "checkpoint_every": 10**9,
+    "train_timesteps": 100_000,
+    "log_every": 10**9,
+    "max_epochs": 10**6,
+    "pose_hidden": 4096,
+}
+"""Upper bounds of the integer settings that must be >= 1 (far above any real run)."""
 
 
 def _check(c: TrainConfig) -> list[str]:
     p: list[str] = []
-    if c.num_frames < 5 or (c.num_frames - 1) % 4:
-        p.append(f"num_frames={c.num_frames} must be 4k + 1 (e.g. 81)")
-    if c.height % 16 or c.width % 16 or c.height <= 0 or c.width <= 0:
-        p.append(f"height={c.height}, width={c.width} must be positive multiples of 16")
+    bad_frames = L.frames_problem(c.num_frames, name="num_frames")
+    if bad_frames:
+        p.append(bad_frames)
+    bad_size = L.size_problem(c.width, c.height)
+    if bad_size:
+        p.append(bad_size)
+    for name, (lo, hi, hint) in _FLOAT_RANGES.items():
+        problem = L.number_problem(name, getattr(c, name), lo, hi, hint=hint)
+        if problem:
+            p.append(problem)
     if not 1 <= c.num_motion_frames < c.num_frames:
         p.append(f"num_motion_frames={c.num_motion_frames} must be in [1, num_frames)")
     for name in (
         "p_motion",
+        "audio_dropout",
+        "pose_dropout",
+        "image_dropout",
         "noise_prob",
         "latent_prob",
         "condition_prob",
@@ -202,24 +295,15 @@ def _check(c: TrainConfig) -> list[str]:
         v = getattr(c, name)
         if not 0.0 <= v <= 1.0:
             p.append(f"{name}={v} must be a probability in [0, 1]")
-    for name in (
-        "crop_jitter",
-        "augment_draws",
-        "lora_rank",
-        "bank_cells",
-        "bank_capacity",
-        "y_error_num",
-        "checkpoint_every",
-        "train_timesteps",
-        "log_every",
-        "max_epochs",
-    ):
-        if getattr(c, name) < 1:
-            p.append(f"{name}={getattr(c, name)} must be >= 1")
-    if c.max_steps < 0:
-        p.append(f"max_steps={c.max_steps} must be >= 0 (0 = max_epochs x samples)")
-    if c.learning_rate <= 0:
-        p.append(f"learning_rate={c.learning_rate} must be > 0")
+    for name, hi in _INT_MAXIMA.items():
+        problem = L.number_problem(name, getattr(c, name), 1, hi, integer=True)
+        if problem:
+            p.append(problem)
+    bad_steps = L.number_problem(
+        "max_steps", c.max_steps, 0, 10**9, integer=True, hint="0 = max_epochs x samples"
+    )
+    if bad_steps:
+        p.append(bad_steps)
     if c.resume not in ("", "latest") and not c.resume.strip():
         p.append("resume must be '', 'latest' or a checkpoint folder")
     for name, allowed in _LITERALS.items():
@@ -232,6 +316,17 @@ def _check(c: TrainConfig) -> list[str]:
             f"export_name={c.export_name!r} must be a plain file name (it is written inside "
             "output_dir)"
         )
+    elif len(c.export_file.name.encode("utf-8")) > L.MAX_FILE_NAME:
+        p.append(
+            f"export_name is {len(c.export_name)} characters; the exported file name may have at "
+            f"most {L.MAX_FILE_NAME} bytes with its .safetensors suffix (file systems stop at 255)"
+        )
+    elif any(ord(ch) < 32 for ch in c.export_name):
+        p.append(f"export_name={c.export_name!r} must not hold control characters")
+    if c.audio_dropout and c.mode != "talk":
+        p.append(f"audio_dropout={c.audio_dropout} needs mode 'talk' (there is no audio)")
+    if (c.pose_dropout or c.pose_hidden != 16) and c.mode != "dance":
+        p.append("pose_dropout / pose_hidden need mode 'dance' (there is no pose embedding)")
     if not c.lora_targets:
         p.append("lora_targets is empty")
     for t in c.lora_targets:
@@ -256,11 +351,48 @@ PRESETS: dict[str, dict[str, Any]] = {
     "shot": {"mode": "shot", "num_motion_frames": 1, "padding": "random_frame", "clean_prob": 0.2},
     # scripts/train/svi_film.sh: --num_motion_frames 5 --ref_pad_num 0 --clean_prob 0.5
     "film": {"mode": "film", "num_motion_frames": 5, "padding": "zeros", "clean_prob": 0.5},
+    # scripts/train/svi_talk.sh (--num_motion_frames 1 --ref_pad_num -1 --y_error_num 3
+    # --clean_prob 0.2, 10 epochs) + train_svi_talk.py defaults it keeps: 480 x 640
+    # (:109-120), the fixed text (:564), audio zeroed with p 0.1 (:969-973), frames from the
+    # preprocessor's centred square (prepare_video_audio.py:168-171)
+    "talk": {
+        "mode": "talk",
+        "num_motion_frames": 1,
+        "padding": "random_frame",
+        "clean_prob": 0.2,
+        "y_error_num": 3,
+        "height": 480,
+        "width": 640,
+        "center_square": True,
+        "fixed_caption": "the person is speaking",
+        "audio_dropout": 0.1,
+        "max_epochs": 10,
+    },
+    # scripts/train/svi_dance.sh (--y_error_num 1 --num_motion_frames 1 --ref_pad_num -1
+    # --clean_prob 0.2, 20 epochs) + train_svi_dance.py defaults: height 832 x width 480
+    # (:108-119), frames and pose frames stretched (:600-616), 'the person is dancing' (:621),
+    # pose output zeroed 14.5 % and y + CLIP zeroed 10 % (:1041-1063); one augmented draw per
+    # epoch as the official dataset re-draws every epoch
+    "dance": {
+        "mode": "dance",
+        "num_motion_frames": 1,
+        "padding": "random_frame",
+        "clean_prob": 0.2,
+        "y_error_num": 1,
+        "height": 832,
+        "width": 480,
+        "resize": "stretch",
+        "fixed_caption": "the person is dancing",
+        "pose_dropout": 0.145,  # 1 - (1 - 0.05)(1 - 0.1)
+        "image_dropout": 0.1,
+        "max_epochs": 20,
+        "augment_draws": 20,
+    },
 }
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
-    """The ``shot`` or ``film`` preset with optional field overrides."""
+    """A preset (``shot``, ``film``, ``talk``, ``dance``) with optional field overrides."""
     if name not in PRESETS:
         raise SVIError(f"unknown training preset {name!r}; choose one of {sorted(PRESETS)}")
     values = {**PRESETS[name], **overrides}

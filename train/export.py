@@ -33,12 +33,13 @@ def diffusers_lora_targets(official_targets: tuple[str, ...], num_blocks: int) -
 
 
 def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The peft LoRA tensors of ``model`` (names as peft stores them, e.g.
-    ``blocks.0.attn1.to_q.lora_A.default.weight``), detached on the CPU (FSDP shards are
-    gathered to full tensors)."""
+    """The trained tensors of ``model``: the peft LoRA (names as peft stores them, e.g.
+    ``blocks.0.attn1.to_q.lora_A.default.weight``) and any other trainable parameter (SVI-Dance:
+    ``svi_pose_embedding.*``), detached on the CPU (FSDP shards are gathered to full tensors).
+    What a checkpoint saves and a resume loads back."""
     out = {}
     for name, p in model.named_parameters():
-        if ".lora_A." in name or ".lora_B." in name:
+        if ".lora_A." in name or ".lora_B." in name or p.requires_grad:
             t = p.detach()
             if hasattr(t, "full_tensor"):
                 t = t.full_tensor()

@@ -42,8 +42,8 @@ from .cache import (
     build_cache,
     load_sample,
 )
+from .conditions import StepCondition, condition_rng, family_for
 from .config import RUN_ONLY_FIELDS, TrainConfig
-from .data import list_videos
 from .erft import (
     InjectionDraw,
     InjectionProbs,
@@ -56,7 +56,7 @@ from .erft import (
     noisy_latent,
     weighted_mse,
 )
-from .export import diffusers_lora_targets, export_lora, lora_state_dict
+from .export import diffusers_lora_targets, lora_state_dict
 
 CSV_COLUMNS = (
     "step",
@@ -90,6 +90,8 @@ class TrainModels:
 def train(config: TrainConfig, models: TrainModels | None = None) -> Path:
     """Train a LoRA with ERFT (or plain, ``erft_enabled=False``); returns the exported file."""
     models = models or TrainModels()
+    family = family_for(config)  # talk / dance: the extra condition (train.conditions)
+    family.check(config, models.transformer)
     # ---- 0. processes ---------------------------------------------------------------------
     rank, world, device = _setup_distributed()
     is_main = rank == 0
@@ -102,7 +104,7 @@ def train(config: TrainConfig, models: TrainModels | None = None) -> Path:
     resume_state = _read_resume_state(config, resume_dir, world) if resume_dir else None
 
     # ---- 1. data: list videos, encode what the cache lacks ----------------------------------
-    items = list_videos(config.dataset, config.default_caption)
+    items = family.list_items(config)
     encoders = models.encoders or (lambda: _load_encoders(config, device))
     samples, skipped = build_cache(config, items, encoders, rank, world)
     del encoders  # a loaded VAE / text / CLIP encoder is not needed any more
@@ -127,12 +129,17 @@ def train(config: TrainConfig, models: TrainModels | None = None) -> Path:
     # ---- 2. model: base DiT frozen, LoRA (peft) trainable in fp32 ---------------------------
     base = models.transformer if models.transformer is not None else _load_dit(config)
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
-    model = add_lora(base, config).to(device)
+    model = add_lora(base, config)
+    family.attach(model, config)  # talk: frozen MultiTalk; dance: trainable pose embedding
+    family.init_weights(model, config)  # init_lora
+    model = model.to(device)
     _cast_frozen(model, dtype)
     if config.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
         model.enable_gradient_checkpointing()
     model.train()
-    use_clip = _check_clip(model, load_sample(cache, samples[0]))
+    first = load_sample(cache, samples[0])
+    use_clip = _check_clip(model, first)
+    family.check_sample(model, first)
     runner = _wrap_distributed(model, config, device, world)
     trainable = [p for p in model.parameters() if p.requires_grad]  # after FSDP re-registers
 
@@ -165,9 +172,13 @@ def train(config: TrainConfig, models: TrainModels | None = None) -> Path:
         gen, rng = step_rngs(config.seed, rank, step)
         entry = _pick(by_video, videos, config.seed, step * world + rank)
         sample = load_sample(cache, entry)
-        loss, mse, info = erft_step(
-            runner, sample, config, schedule, banks, probs, gen, rng, device, dtype, use_clip
+        condition = family.step_condition(
+            sample, config, condition_rng(config.seed, rank, step), device
         )
+        loss, mse, info = erft_step(
+            runner, sample, config, schedule, banks, probs, gen, rng, device, dtype, use_clip,
+            condition,
+        )  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
@@ -200,15 +211,9 @@ def train(config: TrainConfig, models: TrainModels | None = None) -> Path:
 
     # ---- 7. export --------------------------------------------------------------------------
     path = config.export_file
-    state = lora_state_dict(model)
+    state = lora_state_dict(model)  # every rank: gathering FSDP shards is collective
     if is_main:
-        export_lora(
-            state,
-            path,
-            alpha=config.lora_alpha,
-            dtype=config.export_dtype,
-            metadata={"svi_train_config": json.dumps(config.to_dict())},
-        )
+        path = family.export(state, config, {"svi_train_config": json.dumps(config.to_dict())})
         if log is not None:
             log.flush()
             log.plot(out / "loss.png")
@@ -245,13 +250,21 @@ def erft_step(
     device: torch.device,
     dtype: torch.dtype,
     use_clip: bool = True,
+    condition: StepCondition | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, StepInfo]:
     """Forward of one (ERFT) step; returns (weighted loss, unweighted MSE, info).
 
     With ``erft_enabled`` False it is a plain flow-matching LoRA step (no injection).
+    ``condition`` (talk, dance; :mod:`train.conditions`): extra forward keyword arguments, and
+    ``null_image`` = y and the CLIP feature zeroed with no condition error (official dance).
     """
+    condition = condition or StepCondition()
     x0 = sample.latent.to(device, dtype)
     y = sample.y.to(device, dtype)
+    clip = sample.clip.to(device, dtype) if use_clip and sample.clip is not None else None
+    if condition.null_image:
+        y = torch.zeros_like(y)
+        clip = None if clip is None else torch.zeros_like(clip)
     noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(device, dtype)
     td = schedule.draw(gen)
     no = InjectionDraw(noise=False, latent=False, condition=False, clean=True)
@@ -261,7 +274,7 @@ def erft_step(
     noise_in, x0_in = noise, x0
     if draw.noise and banks.has(td.t):
         noise_in = noise + scale * banks.noise.sample(cell, rng).to(device, dtype).unsqueeze(0)
-    if draw.condition and len(banks) > 0:
+    if draw.condition and len(banks) > 0 and not condition.null_image:
         err = banks.video.sample_any(rng).to(device, dtype).unsqueeze(0)
         y = add_condition_error(y, scale * condition_error_window(err, config.y_error_num, rng))
     if draw.latent and banks.has(td.t):
@@ -274,8 +287,9 @@ def erft_step(
             hidden_states=torch.cat([x_t, y], dim=1),
             timestep=torch.tensor([td.t], dtype=torch.float32, device=device),
             encoder_hidden_states=sample.context.to(device, dtype),
-            encoder_hidden_states_image=sample.clip.to(device, dtype) if use_clip else None,
+            encoder_hidden_states_image=clip,
             return_dict=False,
+            **condition.kwargs,
         )[0]
     loss = weighted_mse(pred, target, td.weight)
     e_noi = e_vid = None
@@ -465,6 +479,11 @@ def _load_encoders(config: TrainConfig, device: torch.device) -> Encoders:
         def enc_clip(frame: torch.Tensor) -> torch.Tensor:
             return standalone.clip_vision_features(clip_model, frame)[0].cpu()
 
+    enc_audio, audio_id = None, ""
+    if config.mode == "talk" and config.wav2vec_path:
+        from .talk import wav2vec2_encoder
+
+        enc_audio, audio_id = wav2vec2_encoder(config.wav2vec_path)
     return Encoders(
         encode_video=enc_video,
         encode_text=enc_text,
@@ -472,6 +491,8 @@ def _load_encoders(config: TrainConfig, device: torch.device) -> Encoders:
         video_id=file_fingerprint(config.vae_path),
         text_id=text_id,
         clip_id=clip_id,
+        audio_features=enc_audio,
+        audio_id=audio_id,
     )
 
 

@@ -94,3 +94,164 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 16) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     return write_segment(p, frames, fps)
+
+
+# ============================================================================================
+# SVI-Talk / SVI-Dance test kit: tiny wav2vec2, tiny MultiTalk file, videos with speech, skeletons
+# ============================================================================================
+
+TINY_W2V_LAYERS = 2
+TINY_W2V_HIDDEN = 16
+
+
+def tiny_wav2vec2(folder: str | Path, seed: int = 0) -> Path:
+    """Write a random 2-layer x 16 wav2vec2 (base style: group-norm feature encoder, post-LN) as
+    a local folder (``config.json``, ``preprocessor_config.json`` without normalisation,
+    ``model.safetensors``); features are ``[T_a, 2, 16]``."""
+    import json
+
+    import transformers
+
+    cfg = transformers.Wav2Vec2Config(
+        hidden_size=TINY_W2V_HIDDEN,
+        num_hidden_layers=TINY_W2V_LAYERS,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(32,) * 7,
+        conv_bias=False,
+        feat_extract_norm="group",
+        do_stable_layer_norm=False,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
+        layerdrop=0.0,
+    )
+    torch.manual_seed(seed)
+    model = transformers.Wav2Vec2Model(cfg).train(False)
+    p = Path(folder)
+    p.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(p))
+    (p / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+                "do_normalize": False,
+                "feature_size": 1,
+                "padding_value": 0.0,
+                "sampling_rate": 16000,
+            }
+        ),
+        encoding="utf-8",
+    )
+    return p
+
+
+def tiny_multitalk(
+    path: str | Path,
+    transformer: torch.nn.Module,
+    seed: int = 0,
+    feature_width: int = TINY_W2V_LAYERS * TINY_W2V_HIDDEN,
+) -> Path:
+    """Write random MultiTalk audio modules for ``transformer`` (one audio block per DiT block,
+    4 audio tokens of width 16 per latent frame) under the official key names."""
+    cfg = transformer.config
+    heads = int(cfg.num_attention_heads)
+    dim = heads * int(cfg.attention_head_dim)
+    return tiny_multitalk_file(path, dim, len(transformer.blocks), heads, seed, feature_width)
+
+
+def tiny_multitalk_file(
+    path: str | Path,
+    dim: int,
+    num_layers: int,
+    num_heads: int,
+    seed: int = 0,
+    feature_width: int = TINY_W2V_LAYERS * TINY_W2V_HIDDEN,
+) -> Path:
+    """:func:`tiny_multitalk` for a DiT given by its width, blocks and heads."""
+    from safetensors.torch import save_file
+
+    from svi_core.standalone.multitalk import MultiTalkAudioModules
+    from svi_core.talk.multitalk_file import MultiTalkConfig
+
+    mt = MultiTalkConfig(
+        dim=dim,
+        num_layers=num_layers,
+        intermediate_dim=8,
+        token_dim=16,
+        context_tokens=4,
+        feature_width=feature_width,
+    )
+    torch.manual_seed(seed)
+    modules = MultiTalkAudioModules(mt, num_heads=num_heads)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in modules.state_dict().items()}, str(p))
+    return p
+
+
+def speech_like(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """float32 ``[N]`` mono: noise bursts under a syllable-rate envelope (not silent)."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * (3.0 + seed) * t)
+    carrier = np.sin(2 * np.pi * (180.0 + 40 * seed) * t) + 0.3 * rng.standard_normal(n)
+    return (0.2 * envelope * carrier).astype(np.float32)
+
+
+def write_video_with_audio(
+    path: str | Path,
+    frames: np.ndarray,
+    samples: np.ndarray,
+    fps: float = 25.0,
+    rate: int = 16000,
+) -> Path:
+    """Write uint8 frames ``[F, H, W, 3]`` as H.264 with ``samples`` ``[N]`` muxed in as AAC."""
+    import tempfile
+
+    import imageio_ffmpeg
+
+    from svi_core.talk.audio import write_wav
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = write_wav(Path(tmp) / "speech.wav", samples, rate)
+        h, w = frames.shape[1:3]
+        writer = imageio_ffmpeg.write_frames(
+            str(p),
+            (w, h),
+            fps=fps,
+            codec="libx264",
+            quality=None,
+            macro_block_size=2,
+            ffmpeg_log_level="error",
+            output_params=["-crf", "12", "-threads", "1"],
+            audio_path=str(wav),
+            audio_codec="aac",
+        )
+        writer.send(None)
+        for f in frames:
+            writer.send(np.ascontiguousarray(f))
+        writer.close()
+    return p
+
+
+def skeleton_frames(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """uint8 ``[F, H, W, 3]``: a few coloured 2-px lines on black moving over time (a sparse
+    stand-in for DWPose skeleton frames)."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(64, 256, size=(4, 3))
+    starts = rng.integers(0, min(height, width), size=(4, 2))
+    out = np.zeros((num_frames, height, width, 3), dtype=np.uint8)
+    for t in range(num_frames):
+        for (y0, x0), c in zip(starts, colours, strict=True):
+            y = (y0 + t) % (height - 2)
+            x = (x0 + 2 * t) % (width - 8)
+            out[t, y : y + 2, x : x + 8] = c
+            out[t, max(0, y - 6) : y, x : x + 2] = c
+    return out

@@ -251,7 +251,16 @@ def embeddings_text_encoder(path: str | Path) -> TextEncoderFn:
     """A text encoder that looks prompts up in a file written by :func:`save_text_embeddings`."""
     from safetensors.torch import load_file
 
-    table = load_file(str(path))
+    from ..checkpoints import check_safetensors_header
+
+    check_safetensors_header(path, "text embeddings file")
+    try:
+        table = load_file(str(path))
+    except Exception as e:  # safetensors raises its own SafetensorError
+        raise SVIError(
+            f"text embeddings file {path} cannot be read ({type(e).__name__}: {e}); write it "
+            "with save_text_embeddings"
+        ) from None
 
     def lookup(prompt: str) -> torch.Tensor:
         key = text_embedding_key(prompt)

@@ -47,6 +47,7 @@ from ..talk.multitalk_file import (
 )
 
 __all__ = [
+    "MultiTalkAudio",
     "MultiTalkAudioAttention",
     "MultiTalkAudioModules",
     "MultiTalkAudioProjection",
@@ -218,6 +219,51 @@ def attach_multitalk(transformer: nn.Module, modules: MultiTalkAudioModules) -> 
         handle.hooks.append(block.norm2.register_forward_pre_hook(keep_residual))
         handle.hooks.append(block.attn2.register_forward_hook(add_audio))
     return handle
+
+
+class MultiTalkAudio:
+    """The ``"audio"`` hook of :class:`~svi_core.standalone.backend.DiffusersBackend` (a
+    ``DiffusersExtra``): applies a clip's :class:`~svi_core.talk.condition.AudioWindow`.
+
+    :meth:`prepare` (once per clip) projects the clip's windows and the null (zero) windows with
+    ``audio_proj`` (official: each pass's audio projected on its own, ``svi_video_talk.py:448-458``,
+    the null from ``zeros_like``, ``:550``); :meth:`apply` (around each DiT forward) gives every
+    batch row its tokens: the clip's audio where ``active``, the null audio elsewhere (SVI-Talk's
+    unconditional pass), so the three guidance passes can run as one batch.
+
+    Args:
+        transformer: the diffusers ``WanTransformer3DModel`` the modules are wired into
+            (:func:`attach_multitalk`; moved to its device and dtype).
+        modules: the loaded :class:`MultiTalkAudioModules`.
+    """
+
+    def __init__(self, transformer: nn.Module, modules: MultiTalkAudioModules) -> None:
+        self.transformer = transformer
+        self.handle = attach_multitalk(transformer, modules)
+        self.modules = modules
+
+    @torch.no_grad()
+    def prepare(
+        self, payload: Any, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(active [1, T, M, D_a], null [1, T, M, D_a])`` tokens of one clip (official: the
+        windows are cast to the model dtype before the projection, ``svi_video_talk.py:444``)."""
+        first, latter = payload.windows()
+        null_first, null_latter = payload.null_windows()
+        active = self.modules.project(first, latter)
+        null = self.modules.project(null_first, null_latter)
+        return active, null
+
+    def apply(
+        self, prepared: tuple[torch.Tensor, torch.Tensor], model: nn.Module, active: Any
+    ) -> contextlib.AbstractContextManager[None]:
+        """Audio for the forward calls inside: row i gets the clip's tokens when ``active[i]``."""
+        if model is not self.transformer:
+            raise CheckpointError(
+                "the MultiTalk audio modules are attached to another DiT than the one sampling"
+            )
+        tokens = torch.cat([prepared[0] if a else prepared[1] for a in active])
+        return self.handle.audio(tokens)
 
 
 def load_multitalk(

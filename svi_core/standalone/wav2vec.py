@@ -39,7 +39,13 @@ from ..talk.windows import AUDIO_FPS, feature_frame_count
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import Wav2Vec2Model
 
-__all__ = ["Wav2Vec2Encoder", "load_wav2vec2", "wav2vec2_features"]
+__all__ = [
+    "Wav2Vec2Encoder",
+    "Wav2Vec2Info",
+    "inspect_wav2vec2",
+    "load_wav2vec2",
+    "wav2vec2_features",
+]
 
 _WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
 _PRETRAINING_PREFIXES = ("quantizer.", "project_q.", "project_hid.", "lm_head.", "dropout_features")
@@ -122,21 +128,37 @@ def _normalise_keys(sd: dict[str, torch.Tensor], model_keys: set[str]) -> dict[s
     return out
 
 
-def load_wav2vec2(
-    path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
-) -> Wav2Vec2Encoder:
-    """Load a local wav2vec2 (official: float32 on the CPU) for SVI-Talk features.
+@dataclass(frozen=True)
+class Wav2Vec2Info:
+    """What a local wav2vec2 folder holds, read from its JSON files (no weights loaded).
 
-    ``path``: the model folder (``config.json``, ``preprocessor_config.json``, ``model.safetensors`` or
-    ``pytorch_model.bin``), or its weights file. Pretraining heads (quantizer, project_q/hid) and a
-    ``wav2vec2.`` prefix are accepted and ignored.
+    Attributes:
+        folder, weights, config_path: the folder, its weights file and its ``config.json``.
+        config: the parsed ``config.json``.
+        layers, hidden_size: transformer layers and channels (12 x 768 for the base model).
+        do_normalize: zero-mean / unit-variance input (``preprocessor_config.json``).
+    """
+
+    folder: Path
+    weights: Path
+    config_path: Path
+    config: dict[str, Any]
+    layers: int
+    hidden_size: int
+    do_normalize: bool
+
+    def describe(self) -> str:
+        """A short identity of the encoder kind (for the run identity and messages)."""
+        return f"wav2vec2 {self.layers}x{self.hidden_size} do_normalize={self.do_normalize}"
+
+
+def inspect_wav2vec2(path: str | os.PathLike[str]) -> Wav2Vec2Info:
+    """Check a local wav2vec2 folder (or its weights file) before loading anything.
 
     Raises:
         CheckpointError: missing folder/files, a config of another kind (not wav2vec2, or a
-            stable-layer-norm "large" variant), or weights that do not fit the config, naming the file.
+            stable-layer-norm "large" variant), naming the file.
     """
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
-
     folder, weights = _locate(Path(path))
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
@@ -159,6 +181,34 @@ def load_wav2vec2(
             f"{_HINT}."
         )
     do_normalize = bool(_read_json(pre_path).get("do_normalize", True))
+    try:
+        layers = int(cfg_dict.get("num_hidden_layers", 12))
+        hidden = int(cfg_dict.get("hidden_size", 768))
+    except (TypeError, ValueError):
+        raise CheckpointError(
+            f"'{cfg_path}': num_hidden_layers / hidden_size are not numbers"
+        ) from None
+    return Wav2Vec2Info(folder, weights, cfg_path, cfg_dict, layers, hidden, do_normalize)
+
+
+def load_wav2vec2(
+    path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+) -> Wav2Vec2Encoder:
+    """Load a local wav2vec2 (official: float32 on the CPU) for SVI-Talk features.
+
+    ``path``: the model folder (``config.json``, ``preprocessor_config.json``, ``model.safetensors`` or
+    ``pytorch_model.bin``), or its weights file. Pretraining heads (quantizer, project_q/hid) and a
+    ``wav2vec2.`` prefix are accepted and ignored.
+
+    Raises:
+        CheckpointError: missing folder/files, a config of another kind (not wav2vec2, or a
+            stable-layer-norm "large" variant), or weights that do not fit the config, naming the file.
+    """
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    info = inspect_wav2vec2(path)
+    folder, weights, cfg_path = info.folder, info.weights, info.config_path
+    cfg_dict, do_normalize = info.config, info.do_normalize
     config = Wav2Vec2Config.from_dict(cfg_dict)
     model = Wav2Vec2Model(config)
     expected = model.state_dict()

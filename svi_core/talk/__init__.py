@@ -1,6 +1,7 @@
 """SVI-Talk: audio-driven talking video (speech loading, audio windows, two-scale guidance).
 
-Pure numpy / torch (plus imageio-ffmpeg for decoding). The wav2vec2 encoder and the MultiTalk audio
+Pure numpy / torch (plus imageio-ffmpeg for decoding). :class:`AudioCondition` carries the speech
+through the clip loop's per-clip condition seam (one window per clip, the speech muxed at the join). The wav2vec2 encoder and the MultiTalk audio
 modules of the standalone (diffusers) side live in ``svi_core.standalone.wav2vec`` and
 ``svi_core.standalone.multitalk``; the MultiTalk file inspection shared by both sides is in
 :mod:`svi_core.talk.multitalk_file`. Every rule cites the official code; the full list is in the
@@ -8,6 +9,7 @@ project notes (TALK_RULES).
 """
 
 from .audio import SAMPLE_RATE, AudioTrack, load_audio, prepare_waveform, write_wav
+from .condition import AudioCondition, AudioFeatures, AudioFeatureSettings, AudioWindow
 from .guidance import AUDIO_SCALE, TEXT_SCALE, TalkGuidance, combine_talk_guidance
 from .loudness import TARGET_LUFS, integrated_loudness, normalise_loudness
 from .multitalk_file import (
@@ -34,6 +36,10 @@ from .windows import (
 
 __all__ = [
     "AUDIO_FPS",
+    "AudioCondition",
+    "AudioFeatureSettings",
+    "AudioFeatures",
+    "AudioWindow",
     "AudioAlign",
     "MultiTalkConfig",
     "audio_segments",

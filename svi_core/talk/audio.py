@@ -53,6 +53,9 @@ class AudioTrack:
         channels: channels of the source before the mono mix.
         loudness: integrated loudness of the mono mix before normalisation (LUFS; -inf = silence).
         normalised: whether the official -23 LUFS gain was applied.
+        unnormalised: ``[N]`` float32 mono before the gain (what a clip's audio window is
+            identified by, so that a longer recording of the same speech keeps the finished
+            clips; the gain depends on the whole recording). None when not kept.
     """
 
     samples: np.ndarray
@@ -61,6 +64,7 @@ class AudioTrack:
     channels: int
     loudness: float
     normalised: bool
+    unnormalised: np.ndarray | None = None
 
     @property
     def duration(self) -> float:
@@ -202,6 +206,7 @@ def _to_track(
         channels=channels,
         loudness=float(loudness),
         normalised=normalised,
+        unnormalised=mixed.astype(np.float32, copy=False),
     )
 
 

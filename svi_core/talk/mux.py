@@ -29,6 +29,7 @@ from typing import Literal
 
 from ..errors import SVIError
 from ..log import logger
+from ..video_io import mp4_frame_count, mp4_track_seconds
 from .windows import AUDIO_FPS, audio_window_start
 
 AudioAlign = Literal["official", "frames"]
@@ -91,6 +92,33 @@ def _graph(segments: list[tuple[float, float]]) -> str:
     return ";".join(parts)
 
 
+AUDIO_TOLERANCE = 0.1
+"""Seconds the muxed audio track may differ from its planned length (AAC priming and frame
+padding add a few tens of milliseconds)."""
+
+
+def check_muxed(path: Path, frames: int | None, seconds: float) -> None:
+    """Verify a muxed mp4: every video frame's data present (``frames`` of them when given) and
+    an audio track of ``seconds`` (within :data:`AUDIO_TOLERANCE`).
+
+    Raises:
+        SVIError: naming the file and what is wrong.
+    """
+    try:
+        got = mp4_frame_count(path)
+        tracks = mp4_track_seconds(path)
+    except (OSError, ValueError) as e:
+        raise SVIError(f"the muxed video {path} is not a complete mp4 ({e})") from None
+    if frames is not None and got != frames:
+        raise SVIError(f"the muxed video {path} has {got} frames, expected {frames}")
+    if "soun" not in tracks:
+        raise SVIError(f"the muxed video {path} has no audio track")
+    if abs(tracks["soun"] - seconds) > AUDIO_TOLERANCE:
+        raise SVIError(
+            f"the audio track of {path} lasts {tracks['soun']:.3f} s, expected {seconds:.3f} s"
+        )
+
+
 def mux_audio(
     video: str | Path,
     audio: str | Path,
@@ -98,13 +126,17 @@ def mux_audio(
     segments: list[tuple[float, float]],
     *,
     bitrate: str = AAC_BITRATE,
+    expected_frames: int | None = None,
 ) -> Path:
     """Write ``out`` = ``video``'s video stream (copied) + ``audio``'s first audio stream cut into
     ``segments`` (:func:`audio_segments`), padded with silence to their total length, AAC-encoded.
-    The file appears under ``out`` only once complete.
+    The result is checked (:func:`check_muxed`: ``expected_frames`` video frames when given, an
+    audio track of the segments' total length) before it appears under ``out``; a failed mux
+    leaves ``out`` as it was. ``out`` may be ``video`` itself.
 
     Raises:
-        SVIError: missing inputs, or ffmpeg could not read / write them (message names the files).
+        SVIError: missing inputs, ffmpeg could not read / write them, or the result failed the
+            check (the message names the files).
     """
     ff = _ffmpeg()
     video, audio, out = Path(video), Path(audio), Path(out)
@@ -141,6 +173,11 @@ def mux_audio(
         ) from None
     if not tmp.is_file() or tmp.stat().st_size == 0:
         raise SVIError(f"ffmpeg wrote no output while adding {audio} to {video}")
+    try:
+        check_muxed(tmp, expected_frames, sum(b - a for a, b in segments))
+    except SVIError:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, out)
     logger.info("muxed %s into %s (%d audio segment(s))", audio, out, len(segments))
     return out

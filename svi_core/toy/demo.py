@@ -20,11 +20,17 @@ from pathlib import Path
 
 import torch
 
+from ..errors import Cancelled, RunStoreError, SVIError
+from ..limits import MAX_CLIPS, MAX_STEPS, number_problem
 from ..log import logger
 from .models import ASSETS, TOY_FRAMES, TOY_HEIGHT, TOY_WIDTH, toy_backend
 from .world import WorldConfig, toy_first_frame
 
 TOY_LORA = ASSETS / "toy_svi_lora.safetensors"
+DEMO_THREADS = 1
+"""torch threads of ``python -m svi_core demo`` (``--threads``): the toy DiT (dim 128) and VAE
+work on tensors so small that splitting them across threads costs more than it saves, and a
+thread per core stalls whenever another program holds a core (measured in the README)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,15 @@ def run_demo(
 
     t0 = time.time()
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SVIError(f"demo: --out {out} is a file; pass a folder (it is created)")
+    problems = [
+        number_problem("clips", clips, 1, MAX_CLIPS, integer=True),
+        number_problem("steps", steps, 1, MAX_STEPS, integer=True),
+        number_problem("scene", scene, 0, 2**31 - 1, integer=True),
+    ]
+    if any(problems):
+        raise SVIError("demo: " + "; ".join(x for x in problems if x))
     out.mkdir(parents=True, exist_ok=True)
     ref = toy_first_frame(scene, WorldConfig(height=TOY_HEIGHT, width=TOY_WIDTH))
     reference = torch.from_numpy(ref.copy())
@@ -84,25 +99,53 @@ def run_demo(
     return DemoResult(res.video, res.run_dir, rep.json_path, rep.png_path, rep.summary, secs)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m svi_core demo``: returns the exit code."""
+def build_parser() -> argparse.ArgumentParser:
+    """The ``demo`` command's options (every one with its help and default)."""
     p = argparse.ArgumentParser(
         prog="python -m svi_core demo",
         description="Generate a long toy video with the shipped tiny Wan models through the SVI "
-        "clip loop and write its drift report (CPU, no download).",
+        "clip loop and write its drift report (CPU, no download). Writes DIR/toy_demo.mp4, the "
+        "resumable run folder DIR/run/ and DIR/report.json + DIR/report.png.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--out", default="svi_toy_demo", help="output folder (default ./svi_toy_demo)")
-    p.add_argument("--clips", type=int, default=20)
+    p.add_argument("--out", default="svi_toy_demo", metavar="DIR", help="output folder (created)")
+    p.add_argument("--clips", type=int, default=20, help="clips to generate (13 frames each)")
     p.add_argument("--scene", type=int, default=3, help="toy scene seed of the reference image")
     p.add_argument("--steps", type=int, default=10, help="sampling steps per clip")
-    p.add_argument("--no-lora", action="store_true", help="base toy model only")
-    p.add_argument("--no-plot", action="store_true")
-    a = p.parse_args(list(argv) if argv is not None else None)
-    if a.clips < 1 or a.steps < 1:
-        p.error("--clips and --steps must be >= 1")
+    p.add_argument("--no-lora", action="store_true", help="base toy model only (no toy SVI LoRA)")
+    p.add_argument("--no-plot", action="store_true", help="write report.json only")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=DEMO_THREADS,
+        help="torch CPU threads (0 = torch's default, one per core); the toy models are so "
+        "small that one thread is fastest, and it stays fast when other programs share the cores",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m svi_core demo``: returns the exit code."""
+    a = build_parser().parse_args(list(argv) if argv is not None else None)
     lora = None if a.no_lora or not TOY_LORA.is_file() else TOY_LORA
-    r = run_demo(a.out, a.clips, a.scene, a.steps, lora, plot=not a.no_plot)
-    logger.info("video %s, report %s (%s)", r.video, r.report_json, r.report_png)
+    if a.threads < 0:
+        logger.error("error: demo: --threads=%d must be >= 0 (0 = one per core)", a.threads)
+        return 2
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    try:
+        r = run_demo(a.out, a.clips, a.scene, a.steps, lora, plot=not a.no_plot)
+    except RunStoreError as e:
+        logger.error("error: %s (demo: pass another --out for other settings)", e)
+        return 2
+    except SVIError as e:
+        logger.error("error: %s", e)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        logger.error("interrupted; finished clips are kept, rerun the same command to resume")
+        return 130
+    plot = f" and {r.report_png}" if r.report_png else ""
+    logger.info("video %s, run folder %s, report %s%s", r.video, r.run_dir, r.report_json, plot)
     for k, v in r.summary.items():
         logger.info("  %s: %s", k, v)
     return 0

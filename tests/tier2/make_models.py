@@ -13,6 +13,14 @@ names of the official Wan / ComfyUI model pages:
 - ``vae/wan_2.1_vae.safetensors``: a FULL-size random Wan2.1 VAE (ComfyUI builds the VAE with
   a fixed width, so a narrower one cannot load).
 
+With ``--talk`` (ComfyUI with core MultiTalk support only) it writes the SVI-Talk set instead, in
+fp16: a Wan2.1 I2V DiT of width 160 (ComfyUI's MultiTalk attention has 40 heads, so the width must
+be a multiple of 40; ComfyUI's detection gives the DiT 160 // 128 = 1 head) with its ``svi-talk``
+LoRA, ``model_patches/multitalk.safetensors`` (core fixes 40 blocks, 32 tokens and a wav2vec2 of
+12 x 768: proj1 reads 5 x 12 x 768; the rest is tiny), and
+``audio_encoders/wav2vec2-chinese-base_fp16.safetensors`` (core builds the base wav2vec2 from the
+768-wide layer norm: 12 layers x 768, ~95 M parameters, the one large file).
+
 Weights are seeded, so every run writes the same files.
 """
 
@@ -124,14 +132,69 @@ NAMES = {
     "low": "wan2.2_i2v_low_noise_14B_fp16.safetensors",
     "lora_shot": "svi-shot.safetensors",
     "lora_film": "svi-film-opt-10212025.safetensors",
-    "lora_high": "SVI_v2_PRO_Wan2.2-I2V-A14B_HIGH_lora_rank_128_fp16.safetensors",
-    "lora_low": "SVI_v2_PRO_Wan2.2-I2V-A14B_LOW_lora_rank_128_fp16.safetensors",
+    "lora_high": "SVI_Wan2.2-I2V-A14B_high_noise_lora_v2.0_pro.safetensors",
+    "lora_low": "SVI_Wan2.2-I2V-A14B_low_noise_lora_v2.0_pro.safetensors",
     "speed_high": "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors",
     "speed_low": "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors",
     "lora_other": "lora_for_another_model.safetensors",
     "dance": "svi-dance.safetensors",
     "vae": "wan_2.1_vae.safetensors",
 }
+
+
+TALK_NAMES = {
+    "dit": "wan2.1_i2v_talk_tiny_dim160_fp16.safetensors",
+    "lora": "svi-talk.safetensors",
+    "multitalk": "multitalk.safetensors",
+    "wav2vec": "wav2vec2-chinese-base_fp16.safetensors",
+}
+
+
+def make_multitalk(seed: int, dim: int = 160, blocks: int = 40, inter: int = 8, token: int = 16):
+    """MeiGen-MultiTalk key names and the sizes core's Load Model Patch accepts."""
+    import comfy.ops
+    import torch
+    from comfy.ldm.wan.model_multitalk import MultiTalkAudioProjModel, WanMultiTalkAttentionBlock
+
+    ops = comfy.ops.disable_weight_init
+    patch = torch.nn.Module()
+    patch.audio_proj = MultiTalkAudioProjModel(seq_len=5, seq_len_vf=8, intermediate_dim=inter,
+                                               out_dim=token, context_tokens=32, operations=ops)  # fmt: skip
+    patch.blocks = torch.nn.ModuleList(
+        WanMultiTalkAttentionBlock(dim, token, operations=ops) for _ in range(blocks)
+    )
+    return _init(patch, seed)
+
+
+def make_wav2vec2(seed: int) -> dict:
+    """chinese-wav2vec2-base's layout as core builds it (768 wide, 12 layers, group-norm CNN)."""
+    import comfy.ops
+    from comfy.audio_encoders.wav2vec2 import Wav2Vec2Model
+
+    model = Wav2Vec2Model(embed_dim=768, num_heads=12, num_layers=12, conv_norm=False,
+                          conv_bias=False, do_normalize=False, do_stable_layer_norm=False,
+                          operations=comfy.ops.disable_weight_init)  # fmt: skip
+    return _init(model, seed)
+
+
+def main_talk(models: str) -> None:
+    from safetensors.torch import save_file
+
+    for sub in ("diffusion_models", "loras", "model_patches", "audio_encoders"):
+        os.makedirs(os.path.join(models, sub), exist_ok=True)
+
+    def save(make, sub: str, key: str) -> None:
+        path = os.path.join(models, sub, TALK_NAMES[key])
+        if not os.path.exists(path):
+            sd = {k: v.half().contiguous() for k, v in make().items()}
+            save_file(sd, path + ".tmp")
+            os.replace(path + ".tmp", path)
+
+    dit = make_dit(True, 21, dim=160)
+    save(lambda: dit, "diffusion_models", "dit")
+    save(lambda: make_lora(dit, 22), "loras", "lora")
+    save(lambda: make_multitalk(23), "model_patches", "multitalk")
+    save(lambda: make_wav2vec2(24), "audio_encoders", "wav2vec")
 
 
 def main(comfy_path: str, models: str) -> None:
@@ -175,4 +238,11 @@ def main(comfy_path: str, models: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if "--talk" in sys.argv[3:]:
+        sys.path.insert(0, sys.argv[1])
+        from comfy.cli_args import args as _args
+
+        _args.cpu = True
+        main_talk(sys.argv[2])
+    else:
+        main(sys.argv[1], sys.argv[2])

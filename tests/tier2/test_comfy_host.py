@@ -37,6 +37,7 @@ SVI_NODES = [
     "SVIClipConditioning",
     "SVIDriftReport",
     "SVIToyModels",
+    "SVITalkAudio",
     "SVIPoseAlign",
 ]
 FRAMES, WIDTH, HEIGHT, STEPS = 9, 64, 64, 2
@@ -399,8 +400,11 @@ def test_lora_on_fp8_weights_warns(host, object_info):
 
 
 def test_workflows_load_in_the_frontend(host, object_info):
-    """Each workflow loads in ComfyUI's own web frontend (headless Chromium), and the frontend's
-    graphToPrompt equals ui_to_api (so the API twins above test what a user would run)."""
+    """Each workflow loads in ComfyUI's own web frontend (headless Chromium): the frontend's
+    graphToPrompt equals ui_to_api (so the API twins above test what a user would run), no node
+    is drawn larger than its stored size, no two drawn boxes (title bar included) overlap, and
+    the missing-models dialog names every file the server lacks (this test server has no text
+    encoder or CLIP-vision files) from the loaders' ``properties.models``."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium")
     chromium = next(
         (p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None
@@ -411,7 +415,15 @@ def test_workflows_load_in_the_frontend(host, object_info):
             "needs chromium and chromedriver (Debian: apt-get install chromium chromium-driver)"
         )
     from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
+    host.post("/settings/Comfy.TutorialCompleted", True)  # no template browser on first start
+    present = {
+        folder: set(host.get(f"/models/{folder}"))
+        for folder in ("diffusion_models", "loras", "vae", "text_encoders", "clip_vision")
+    }
     opts = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         opts.add_argument(arg)
@@ -431,8 +443,12 @@ def test_workflows_load_in_the_frontend(host, object_info):
                 (async () => {
                   try {
                     await window.app.loadGraphData(wf);
+                    await new Promise(r => setTimeout(r, 1000));
                     const p = await window.app.graphToPrompt();
-                    done({n: window.app.graph._nodes.length, output: p.output});
+                    const nodes = window.app.graph._nodes.map(n => ({
+                      id: n.id, size: Array.from(n.size), min: Array.from(n.computeSize()),
+                      box: Array.from(n.getBounding())}));
+                    done({n: window.app.graph._nodes.length, output: p.output, nodes});
                   } catch (e) { done({error: String(e)}); }
                 })();""",
                 ui,
@@ -444,6 +460,38 @@ def test_workflows_load_in_the_frontend(host, object_info):
                 for k, v in res["output"].items()
             }
             assert theirs == ui_to_api(ui, object_info), name
+            for node in res["nodes"]:
+                assert all(m <= s + 0.5 for m, s in zip(node["min"], node["size"], strict=True)), (
+                    name,
+                    node,
+                )
+            boxes = [(n["id"], n["box"]) for n in res["nodes"]]  # [x, y, w, h], title included
+            for i, (a, (ax, ay, aw, ah)) in enumerate(boxes):
+                for b, (bx, by, bw, bh) in boxes[i + 1 :]:
+                    apart = ax + aw <= bx or bx + bw <= ax or ay + ah <= by or by + bh <= ay
+                    assert apart, f"{name}: nodes {a} and {b} overlap in the frontend"
+            # 0.3.64's frontend opens a Missing Models dialog ("text_encoders / umt5...",
+            # Download); newer ones list them under Errors -> View details ("umt5...",
+            # "text_encoders", Download).
+            details = [
+                b for b in drv.find_elements(By.TAG_NAME, "button") if "View details" in b.text
+            ]
+            if details:
+                details[0].click()
+                time.sleep(1.0)
+            text = drv.execute_script("return document.body.innerText")
+            declared = [m for n in ui["nodes"] for m in n["properties"].get("models", [])]
+            missing = [m for m in declared if m["name"] not in present[m["directory"]]]
+            if name != "SVI-Toy_CPU_demo":
+                assert missing, f"{name}: the test server has every file, nothing to check"
+            for m in missing:
+                offered = (
+                    f"{m['directory']} / {m['name']}" in text
+                    or f"{m['name']}\n{m['directory']}\nDownload" in text
+                )
+                assert offered and "Download" in text, f"{name}: {m['name']} is not offered"
+            ActionChains(drv).send_keys(Keys.ESCAPE).perform()  # close the dialog, if any
+            time.sleep(0.5)
     finally:
         drv.quit()
 
@@ -469,3 +517,31 @@ def test_wan22_dit_sees_bfloat16_timesteps(host):
     assert exact == pytest.approx([1000.0, 937.5, 2500 / 3, 625.0], abs=1e-3)
     assert rounded == [float(torch.tensor(t).to(torch.bfloat16)) for t in exact]
     assert rounded[1] != exact[1]
+
+
+def test_prompt_stream_output_is_immutable(host):
+    """The prompt node's output (cached by ComfyUI and shared by later runs) is frozen and is
+    not written to when the sampler asks it for a mode's negative prompt: a given negative is
+    encoded once in the node, the mode's official one on each request (English for Wan2.1,
+    Chinese for Wan2.2)."""
+    import subprocess
+
+    out = subprocess.run(
+        [host.python, str(Path(__file__).parent / "check_prompt_stream.py"), str(host.root),
+         str(Path(__file__).parents[2])],
+        capture_output=True, text=True, check=True, cwd=str(host.root),
+    )  # fmt: skip
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    for case in seen.values():
+        assert case["frozen"] and case["unchanged"]
+    empty, given = seen["empty"], seen["blurry, static"]
+    assert empty["encoded_at_execute"] == ["a cat", "a dog"]
+    official = empty["official"]
+    assert official["film"] != official["v2_pro"]
+    assert empty["encoded_later"] == [official["film"], official["v2_pro"], official["film"]]
+    for mode, calls in empty["negatives"].items():
+        assert all(c == [official[mode], f"cond:{official[mode]}"] for c in calls)
+    assert given["encoded_at_execute"] == ["a cat", "a dog", "blurry, static"]
+    assert given["encoded_later"] == []
+    for calls in given["negatives"].values():
+        assert all(c == ["blurry, static", "cond:blurry, static"] for c in calls)

@@ -26,12 +26,48 @@ UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 CLIP_VISION = "clip_vision_h.safetensors"
 LORA_SHOT = "svi-shot.safetensors"
 LORA_FILM = "svi-film-opt-10212025.safetensors"
-LORA_DANCE = "svi-dance.safetensors"
-POSE_VIDEO = "dance_pose.mp4"
-LORA_PRO_HIGH = "SVI_v2_PRO_Wan2.2-I2V-A14B_HIGH_lora_rank_128_fp16.safetensors"
-LORA_PRO_LOW = "SVI_v2_PRO_Wan2.2-I2V-A14B_LOW_lora_rank_128_fp16.safetensors"
+LORA_PRO_HIGH = "SVI_Wan2.2-I2V-A14B_high_noise_lora_v2.0_pro.safetensors"
+LORA_PRO_LOW = "SVI_Wan2.2-I2V-A14B_low_noise_lora_v2.0_pro.safetensors"
 SPEED_HIGH = "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors"
 SPEED_LOW = "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors"
+LORA_TALK = "svi-talk.safetensors"
+MULTITALK = "multitalk.safetensors"
+WAV2VEC = "wav2vec2-chinese-base_fp16.safetensors"
+SPEECH = "speech.wav"
+LORA_DANCE = "svi-dance.safetensors"
+POSE_VIDEO = "dance_pose.mp4"
+
+# Where the official pages host each file (ComfyUI's missing-models dialog offers these):
+# Comfy-Org's repackaged Wan files and the SVI LoRAs of vita-video-gen/svi-model.
+_WAN21 = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+_WAN22 = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files"
+_SVI = "https://huggingface.co/vita-video-gen/svi-model/resolve/main"
+MODEL_SOURCES: dict[str, tuple[str, str]] = {  # file -> (models/ folder, download url)
+    WAN21_MODEL: ("diffusion_models", f"{_WAN21}/diffusion_models/{WAN21_MODEL}"),
+    HIGH_MODEL: ("diffusion_models", f"{_WAN22}/diffusion_models/{HIGH_MODEL}"),
+    LOW_MODEL: ("diffusion_models", f"{_WAN22}/diffusion_models/{LOW_MODEL}"),
+    VAE: ("vae", f"{_WAN21}/vae/{VAE}"),
+    UMT5: ("text_encoders", f"{_WAN21}/text_encoders/{UMT5}"),
+    CLIP_VISION: ("clip_vision", f"{_WAN21}/clip_vision/{CLIP_VISION}"),
+    LORA_SHOT: ("loras", f"{_SVI}/version-1.0/{LORA_SHOT}"),
+    LORA_FILM: ("loras", f"{_SVI}/version-1.0/{LORA_FILM}"),
+    LORA_PRO_HIGH: ("loras", f"{_SVI}/version-2.0/{LORA_PRO_HIGH}"),
+    LORA_PRO_LOW: ("loras", f"{_SVI}/version-2.0/{LORA_PRO_LOW}"),
+    SPEED_HIGH: ("loras", f"{_WAN22}/loras/{SPEED_HIGH}"),
+    SPEED_LOW: ("loras", f"{_WAN22}/loras/{SPEED_LOW}"),
+    LORA_TALK: ("loras", f"{_SVI}/version-1.0/{LORA_TALK}"),
+    LORA_DANCE: ("loras", f"{_SVI}/version-1.0/{LORA_DANCE}"),
+    MULTITALK: (
+        "model_patches",
+        f"https://huggingface.co/MeiGen-AI/MeiGen-MultiTalk/resolve/main/{MULTITALK}",
+    ),
+    WAV2VEC: (
+        "audio_encoders",
+        f"https://huggingface.co/Kijai/wav2vec2_safetensors/resolve/main/{WAV2VEC}",
+    ),
+}
+SPEED_SOURCE = "Comfy-Org/Wan_2.2_ComfyUI_Repackaged, split_files/loras"
+TITLE_HEIGHT = 30  # LiteGraph's NODE_TITLE_HEIGHT: the title bar is drawn above a node's pos
 
 # node type -> (socket inputs [(name, type)], outputs [(name, type)])
 SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
@@ -54,9 +90,22 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
             ("reference_image", "IMAGE"),
             ("low_noise_model", "MODEL"),
             ("clip_vision", "CLIP_VISION"),
+            ("condition", "SVI_CONDITION"),
             ("pose_video", "IMAGE"),
         ],
         [("video", "VIDEO"), ("last_latent", "LATENT"), ("last_frames", "IMAGE")],
+    ),
+    "ModelPatchLoader": ([], [("MODEL_PATCH", "MODEL_PATCH")]),
+    "AudioEncoderLoader": ([], [("AUDIO_ENCODER", "AUDIO_ENCODER")]),
+    "LoadAudio": ([], [("AUDIO", "AUDIO")]),
+    "SVITalkAudio": (
+        [
+            ("model_patch", "MODEL_PATCH"),
+            ("audio", "AUDIO"),
+            ("audio_encoder", "AUDIO_ENCODER"),
+            ("audio_encoder_output", "AUDIO_ENCODER_OUTPUT"),
+        ],
+        [("condition", "SVI_CONDITION")],
     ),
     "SVIToyModels": (
         [],
@@ -97,8 +146,11 @@ def _note(wan22: bool, lora_lines: list[str], extra: str) -> str:
     loras = "\n".join(f"- `{name}`" for name in lora_lines)
     return (
         "## Files this workflow needs\n\n"
+        "The loaders carry each file's download link: when a file is missing, ComfyUI offers "
+        "to download it into the right folder as the workflow opens.\n\n"
         f"**models/diffusion_models/**\n{dit}\n\n"
-        f"**models/loras/** (SVI LoRAs: vita-video-gen/svi-model on Hugging Face)\n{loras}\n\n"
+        f"**models/loras/** (SVI LoRAs: vita-video-gen/svi-model on Hugging Face, version-1.0 / "
+        f"version-2.0)\n{loras}\n\n"
         f"**models/text_encoders/**\n{text_enc}\n\n"
         f"**models/vae/**\n- `{VAE}` (Wan2.1 and Wan2.2 A14B share it)\n"
         f"{clipv}\n"
@@ -126,6 +178,13 @@ def _build(spec: list[dict[str, Any]], links: list[tuple[int, int, int, int]]) -
             "properties": {"Node name for S&R": s["type"]},
             "widgets_values": s.get("widgets", []),
         }
+        models = [
+            {"name": v, "url": MODEL_SOURCES[v][1], "directory": MODEL_SOURCES[v][0]}
+            for v in node["widgets_values"]
+            if isinstance(v, str) and v in MODEL_SOURCES
+        ]
+        if models:
+            node["properties"]["models"] = models
         if "title" in s:
             node["title"] = s["title"]
         if s["type"] == "MarkdownNote":
@@ -154,6 +213,9 @@ def _build(spec: list[dict[str, Any]], links: list[tuple[int, int, int, int]]) -
     }
 
 
+POSE_DEFAULTS = ["rgb", "loop"]  # the sampler's pose_palette, pose_loop (after boundary)
+
+
 def _sampler_widgets(
     mode: str,
     clips: int,
@@ -162,61 +224,96 @@ def _sampler_widgets(
     run: str,
     *,
     size: tuple[int, int] = (832, 480),
-    palette: str = "rgb",
+    pose: list[str] = POSE_DEFAULTS,
 ) -> list[Any]:
     # mode, clips, frames, width, height, steps, cfg, sampler, scheduler, shift, seed,
     # control_after_generate, seed_stride, fps, run_name, on_existing_run, boundary,
     # pose_palette, pose_loop
     return [mode, clips, 81, *size, 50, cfg, "euler", "simple", 5.0, 0, "fixed", 42, fps,
-            run, "resume or new", 0.875, palette, "loop"]  # fmt: skip
+            run, "resume or new", 0.875, *pose]  # fmt: skip
 
 
-def shot() -> dict[str, Any]:
+# Stored node sizes: at least what ComfyUI's frontends draw for each node (LiteGraph's
+# computeSize() measured on 0.3.64's and 0.33's frontends, rounded up), so the layout below is
+# what a user sees. The tier-2 frontend test checks them.
+SIZES: dict[str, list[int]] = {
+    "SVIModelLoader": [400, 250],
+    "CLIPLoader": [320, 110],
+    "CLIPVisionLoader": [320, 60],
+    "LoadImage": [320, 340],
+    "SVILoraLoader": [320, 90],
+    "SVIToyModels": [320, 150],
+    "ModelPatchLoader": [320, 60],
+    "AudioEncoderLoader": [320, 60],
+    "LoadAudio": [320, 140],
+}
+GAP = 40  # between two boxes (title bar included)
+
+
+def _stack(x: int, nodes: list[dict[str, Any]], y: int = 0) -> list[dict[str, Any]]:
+    """Place ``nodes`` in one column at ``x`` from ``y`` down, each box (title bar + body)
+    ``GAP`` below the previous one; sizes from the node spec, else ``SIZES``."""
+    for node in nodes:
+        if "size" not in node:
+            node["size"] = list(SIZES[node["type"]])
+        node["pos"] = [x, y]
+        y += node["size"][1] + GAP + TITLE_HEIGHT
+    return nodes
+
+
+def _wan21(lora: str, prompt_stream: dict[str, Any], sampler: list[Any], note: str, lora_note: str):
     spec = [
-        {"id": 1, "type": "SVIModelLoader", "pos": [0, 0], "size": [380, 220],
-         "widgets": [WAN21_MODEL, LORA_SHOT, 1.0, VAE, "none", "none", "default"]},
-        {"id": 2, "type": "CLIPLoader", "pos": [0, 260], "widgets": [UMT5, "wan", "default"]},
-        {"id": 3, "type": "CLIPVisionLoader", "pos": [0, 400], "widgets": [CLIP_VISION]},
-        {"id": 4, "type": "LoadImage", "pos": [0, 520], "size": [320, 320], "widgets": ["example.png", "image"]},
-        {"id": 5, "type": "SVIPromptStream", "pos": [420, 260], "size": [400, 260],
-         "widgets": ["A cinematic shot of the subject moving naturally, the camera slowly "
-                     "following, consistent lighting.", 0, ""]},
-        {"id": 6, "type": "SVIInfiniteSampler", "pos": [860, 0], "size": [420, 700],
-         "widgets": _sampler_widgets("shot", 10, 5.0, 16.0, "svi_shot")},
-        {"id": 7, "type": "MarkdownNote", "pos": [-420, 0], "size": [400, 560], "title": "Model files",
-         "widgets": [_note(False, [LORA_SHOT], "SVI-Shot keeps one scene and subject for a "
-                           "long single shot: one prompt, every clip conditioned on the "
-                           "reference image. Official settings: 50 steps, CFG 5, shift 5.")]},
+        *_stack(0, [
+            {"id": 1, "type": "SVIModelLoader",
+             "widgets": [WAN21_MODEL, lora, 1.0, VAE, "none", "none", "default"]},
+            {"id": 2, "type": "CLIPLoader", "widgets": [UMT5, "wan", "default"]},
+            {"id": 3, "type": "CLIPVisionLoader", "widgets": [CLIP_VISION]},
+            {"id": 4, "type": "LoadImage", "widgets": ["example.png", "image"]},
+        ]),
+        *_stack(440, [dict(prompt_stream, id=5, type="SVIPromptStream")],
+                y=SIZES["SVIModelLoader"][1] + GAP + TITLE_HEIGHT),
+        {"id": 6, "type": "SVIInfiniteSampler", "pos": [900, 0], "size": [420, 700],
+         "widgets": sampler},
+        {"id": 7, "type": "MarkdownNote", "pos": [-460, 0], "size": [420, 620], "title": "Model files",
+         "widgets": [_note(False, [lora_note], note)]},
     ]  # fmt: skip
     links = [(1, 0, 6, 0), (1, 2, 6, 1), (5, 0, 6, 2), (4, 0, 6, 3), (3, 0, 6, 5), (2, 0, 5, 0)]
     return _build(spec, links)
 
 
+def shot() -> dict[str, Any]:
+    prompt = {
+        "size": [420, 300],
+        "widgets": [
+            "A cinematic shot of the subject moving naturally, the camera slowly following, "
+            "consistent lighting.",
+            0,
+            "",
+        ],
+    }
+    note = (
+        "SVI-Shot keeps one scene and subject for a long single shot: one prompt, every clip "
+        "conditioned on the reference image. Official settings: 50 steps, CFG 5, shift 5."
+    )
+    sampler = _sampler_widgets("shot", 10, 5.0, 16.0, "svi_shot")
+    return _wan21(LORA_SHOT, prompt, sampler, note, LORA_SHOT)
+
+
 def film() -> dict[str, Any]:
     prompts = (
-        "# One prompt per paragraph; clip k uses prompt k (cycling).\n"
+        "# One prompt per line; clip k uses prompt k (cycling).\n"
         "A woman walks along a beach at sunset, waves rolling in, warm light.\n\n"
         "She stops and looks at the sea, the wind moving her hair.\n\n"
         "She turns around and walks back towards the camera, smiling.\n\n"
         "The camera rises slowly to show the whole bay in golden light."
     )
-    spec = [
-        {"id": 1, "type": "SVIModelLoader", "pos": [0, 0], "size": [380, 220],
-         "widgets": [WAN21_MODEL, LORA_FILM, 1.0, VAE, "none", "none", "default"]},
-        {"id": 2, "type": "CLIPLoader", "pos": [0, 260], "widgets": [UMT5, "wan", "default"]},
-        {"id": 3, "type": "CLIPVisionLoader", "pos": [0, 400], "widgets": [CLIP_VISION]},
-        {"id": 4, "type": "LoadImage", "pos": [0, 520], "size": [320, 320], "widgets": ["example.png", "image"]},
-        {"id": 5, "type": "SVIPromptStream", "pos": [420, 260], "size": [420, 360], "widgets": [prompts, 0, ""]},
-        {"id": 6, "type": "SVIInfiniteSampler", "pos": [880, 0], "size": [420, 700],
-         "widgets": _sampler_widgets("film", 4, 5.0, 16.0, "svi_film")},
-        {"id": 7, "type": "MarkdownNote", "pos": [-420, 0], "size": [400, 560], "title": "Model files",
-         "widgets": [_note(False, [LORA_FILM + " (or svi-film.safetensors)"],
-                           "SVI-Film follows a story: one prompt per clip, 5 motion frames "
-                           "carried between clips. Set clips to the number of prompts (0 = "
-                           "min(10, prompts)).")]},
-    ]  # fmt: skip
-    links = [(1, 0, 6, 0), (1, 2, 6, 1), (5, 0, 6, 2), (4, 0, 6, 3), (3, 0, 6, 5), (2, 0, 5, 0)]
-    return _build(spec, links)
+    note = (
+        "SVI-Film follows a story: one prompt per clip, 5 motion frames carried between clips. "
+        "Set clips to the number of prompts (0 = min(10, prompts))."
+    )
+    sampler = _sampler_widgets("film", 4, 5.0, 16.0, "svi_film")
+    prompt = {"size": [420, 360], "widgets": [prompts, 0, ""]}
+    return _wan21(LORA_FILM, prompt, sampler, note, LORA_FILM + " (or svi-film.safetensors)")
 
 
 def pro() -> dict[str, Any]:
@@ -226,22 +323,27 @@ def pro() -> dict[str, Any]:
         "The fox pauses, sniffs the air, then leaps over a fallen log.\n\n"
         "The fox runs across a frozen clearing as snow begins to fall."
     )
-    spec = [
-        {"id": 1, "type": "SVIModelLoader", "pos": [0, 0], "size": [400, 240],
+    loader, clip, image = _stack(0, [
+        {"id": 1, "type": "SVIModelLoader",
          "widgets": [HIGH_MODEL, LORA_PRO_HIGH, 1.0, VAE, LOW_MODEL, LORA_PRO_LOW, "default"]},
-        {"id": 8, "type": "SVILoraLoader", "pos": [440, -200], "mode": 4, "title": "Speed LoRA high (0.5)",
+        {"id": 2, "type": "CLIPLoader", "widgets": [UMT5, "wan", "default"]},
+        {"id": 4, "type": "LoadImage", "widgets": ["example.png", "image"]},
+    ])  # fmt: skip
+    speed_high, speed_low, stream = _stack(440, [
+        {"id": 8, "type": "SVILoraLoader", "mode": 4, "title": "Speed LoRA high (0.5)",
          "widgets": [SPEED_HIGH, 0.5]},
-        {"id": 9, "type": "SVILoraLoader", "pos": [440, -60], "mode": 4, "title": "Speed LoRA low (1.0)",
+        {"id": 9, "type": "SVILoraLoader", "mode": 4, "title": "Speed LoRA low (1.0)",
          "widgets": [SPEED_LOW, 1.0]},
-        {"id": 2, "type": "CLIPLoader", "pos": [0, 280], "widgets": [UMT5, "wan", "default"]},
-        {"id": 4, "type": "LoadImage", "pos": [0, 420], "size": [320, 320], "widgets": ["example.png", "image"]},
-        {"id": 5, "type": "SVIPromptStream", "pos": [440, 280], "size": [420, 320], "widgets": [prompts, 0, ""]},
+        {"id": 5, "type": "SVIPromptStream", "size": [420, 320], "widgets": [prompts, 0, ""]},
+    ])  # fmt: skip
+    spec = [
+        loader, speed_high, speed_low, clip, image, stream,
         {"id": 6, "type": "SVIInfiniteSampler", "pos": [900, 0], "size": [420, 700],
          "widgets": _sampler_widgets("v2_pro", 5, 5.0, 16.0, "svi_pro")},
-        {"id": 7, "type": "MarkdownNote", "pos": [-440, 0], "size": [420, 620], "title": "Model files",
+        {"id": 7, "type": "MarkdownNote", "pos": [-480, 0], "size": [440, 660], "title": "Model files",
          "widgets": [_note(True, [LORA_PRO_HIGH, LORA_PRO_LOW,
-                                  f"{SPEED_HIGH} (optional speed LoRA)",
-                                  f"{SPEED_LOW} (optional speed LoRA)"],
+                                  f"{SPEED_HIGH} (optional speed LoRA, {SPEED_SOURCE})",
+                                  f"{SPEED_LOW} (optional speed LoRA, {SPEED_SOURCE})"],
                            "Speed: select the two bypassed 'Speed LoRA' nodes and press Ctrl+B "
                            "to enable them, then set steps 6 and cfg 1.5. LightX2V at 0.5 on the "
                            "high-noise expert keeps the motion (full strength slows it).")]},
@@ -259,7 +361,85 @@ def pro() -> dict[str, Any]:
     return _build(spec, links)
 
 
+def toy() -> dict[str, Any]:
+    """The toy CPU demo: shipped toy models, 20 clips of 13 frames at 64x48, then the drift
+    report."""
+    widgets = ["tom", 20, 13, 64, 48, 10, 1.0, "euler", "simple", 5.0, 0, "fixed", 42, 16.0,
+               "svi_toy_demo", "resume or new", 0.875, *POSE_DEFAULTS]  # fmt: skip
+    note = (
+        "## Toy CPU demo (no download)\n\n"
+        "**SVI Toy Models** loads the tiny toy Wan2.1 I2V models shipped with the pack "
+        "(svi_core/assets) and the toy world's start frame. The sampler runs the real SVI clip "
+        "loop (mode tom, 20 clips of 13 frames at 64x48, 10 steps, CFG 1) on a CPU in about a "
+        "minute, then **SVI Drift Report** measures how the video drifts clip by clip and "
+        "writes report.json / report.png into output/svi/svi_toy_demo/.\n\n"
+        "The toy pictures are blocky and drift visibly in colour: it shows the pipeline and "
+        "the report working, not a real model."
+    )
+    spec = [
+        *_stack(0, [
+            {"id": 1, "type": "SVIToyModels", "widgets": [3]},
+            {"id": 5, "type": "SVIPromptStream", "size": [380, 200], "widgets": ["toy world", 0, ""]},
+        ]),
+        {"id": 6, "type": "SVIInfiniteSampler", "pos": [420, 0], "size": [420, 700],
+         "widgets": widgets},
+        {"id": 8, "type": "SVIDriftReport", "pos": [880, 0], "size": [520, 520],
+         "widgets": ["", 0, 5, False]},
+        {"id": 7, "type": "MarkdownNote", "pos": [-440, 0], "size": [400, 420],
+         "title": "Toy demo", "widgets": [note]},
+    ]  # fmt: skip
+    links = [(1, 0, 6, 0), (1, 1, 6, 1), (5, 0, 6, 2), (1, 4, 6, 3), (1, 3, 6, 5), (1, 2, 5, 0),
+             (6, 0, 8, 0), (1, 4, 8, 1)]  # fmt: skip
+    return _build(spec, links)
+
+
+def talk() -> dict[str, Any]:
+    """SVI-Talk: one portrait + speech of any length -> a talking video (Wan2.1 + MultiTalk)."""
+    widgets = ["talk", 0, 81, 0, 0, 50, 2.0, "euler", "simple", 5.0, 0, "fixed", 42, 25.0,
+               "svi_talk", "resume or new", 0.875, *POSE_DEFAULTS]  # fmt: skip
+    extra = (
+        "**models/model_patches/**\n"
+        f"- `{MULTITALK}` (MeiGen-AI/MeiGen-MultiTalk: the MultiTalk audio layers SVI-Talk was "
+        "trained with; the InfiniteTalk patches have the same layout but other weights)\n\n"
+        "**models/audio_encoders/**\n"
+        f"- `{WAV2VEC}` (TencentGameMate/chinese-wav2vec2-base as one safetensors file: "
+        "Kijai/wav2vec2_safetensors)\n\n"
+        "**input/**: the speech (Load Audio: wav, mp3, flac, m4a) and the portrait.\n\n"
+        "SVI-Talk (needs ComfyUI 0.11.0 or newer): clips = 0 makes enough clips to cover the "
+        "speech (the official script always makes 50); every frame of every clip is kept; 25 "
+        "fps; guidance text 2 (the sampler's cfg) and audio 5 (SVI Talk Audio); width/height 0 = "
+        "from the portrait, at most 640 wide. The mp4 carries the speech."
+    )
+    spec = [
+        *_stack(0, [
+            {"id": 1, "type": "SVIModelLoader",
+             "widgets": [WAN21_MODEL, LORA_TALK, 1.0, VAE, "none", "none", "default"]},
+            {"id": 2, "type": "CLIPLoader", "widgets": [UMT5, "wan", "default"]},
+            {"id": 3, "type": "CLIPVisionLoader", "widgets": [CLIP_VISION]},
+            {"id": 4, "type": "LoadImage", "widgets": ["example.png", "image"]},
+        ]),
+        *_stack(440, [
+            {"id": 5, "type": "SVIPromptStream", "size": [400, 200],
+             "widgets": ["a person is talking", 0, ""]},
+            {"id": 10, "type": "ModelPatchLoader", "widgets": [MULTITALK]},
+            {"id": 11, "type": "AudioEncoderLoader", "widgets": [WAV2VEC]},
+            {"id": 12, "type": "LoadAudio", "widgets": [SPEECH]},
+        ]),
+        *_stack(880, [{"id": 13, "type": "SVITalkAudio", "size": [340, 200],
+                       "widgets": [5.0, "official"]}], y=560),
+        {"id": 6, "type": "SVIInfiniteSampler", "pos": [1260, 0], "size": [420, 720],
+         "widgets": widgets},
+        {"id": 7, "type": "MarkdownNote", "pos": [-460, 0], "size": [420, 700], "title": "Model files",
+         "widgets": [_note(False, [LORA_TALK], extra)]},
+    ]  # fmt: skip
+    links = [(1, 0, 6, 0), (1, 2, 6, 1), (5, 0, 6, 2), (4, 0, 6, 3), (3, 0, 6, 5), (2, 0, 5, 0),
+             (10, 0, 13, 0), (12, 0, 13, 1), (11, 0, 13, 2), (13, 0, 6, 6)]  # fmt: skip
+    return _build(spec, links)
+
+
 def dance() -> dict[str, Any]:
+    """SVI-Dance: one image of a person + a skeleton video -> that person dancing (Wan2.1 + the
+    SVI-Dance LoRA and pose embedding)."""
     how = (
         f"`{LORA_DANCE}` (version-1.0) holds the SVI-Dance LoRA AND its pose embedding: load it "
         "with the SVI loaders (ComfyUI's Load LoRA drops the pose embedding).\n\n"
@@ -284,55 +464,29 @@ def dance() -> dict[str, Any]:
         "= enough clips to play the pose video once (the official script makes 10 and loops the "
         "pose); pose_loop decides what happens past its end."
     )
+    sampler = _sampler_widgets("dance", 0, 2.0, 25.0, "svi_dance", size=(0, 0),
+                               pose=["official", "loop"])  # fmt: skip
     spec = [
-        {"id": 1, "type": "SVIModelLoader", "pos": [0, 0], "size": [380, 220],
-         "widgets": [WAN21_MODEL, LORA_DANCE, 1.0, VAE, "none", "none", "default"]},
-        {"id": 2, "type": "CLIPLoader", "pos": [0, 260], "widgets": [UMT5, "wan", "default"]},
-        {"id": 3, "type": "CLIPVisionLoader", "pos": [0, 400], "widgets": [CLIP_VISION]},
-        {"id": 4, "type": "LoadImage", "pos": [0, 520], "size": [320, 320], "widgets": ["example.png", "image"]},
-        {"id": 8, "type": "LoadVideo", "pos": [420, 560], "size": [320, 300], "widgets": [POSE_VIDEO, "image"]},
-        {"id": 9, "type": "GetVideoComponents", "pos": [420, 900], "size": [240, 90]},
-        {"id": 5, "type": "SVIPromptStream", "pos": [420, 260], "size": [400, 260],
-         "widgets": ["the person is dancing", 0, ""]},
-        {"id": 6, "type": "SVIInfiniteSampler", "pos": [860, 0], "size": [420, 760],
-         "widgets": _sampler_widgets("dance", 0, 2.0, 25.0, "svi_dance", size=(0, 0),
-                                     palette="official")},
-        {"id": 7, "type": "MarkdownNote", "pos": [-440, 0], "size": [420, 900], "title": "Model files",
+        *_stack(0, [
+            {"id": 1, "type": "SVIModelLoader",
+             "widgets": [WAN21_MODEL, LORA_DANCE, 1.0, VAE, "none", "none", "default"]},
+            {"id": 2, "type": "CLIPLoader", "widgets": [UMT5, "wan", "default"]},
+            {"id": 3, "type": "CLIPVisionLoader", "widgets": [CLIP_VISION]},
+            {"id": 4, "type": "LoadImage", "widgets": ["example.png", "image"]},
+        ]),
+        *_stack(440, [
+            {"id": 5, "type": "SVIPromptStream", "size": [400, 200],
+             "widgets": ["the person is dancing", 0, ""]},
+            {"id": 8, "type": "LoadVideo", "size": [320, 340], "widgets": [POSE_VIDEO, "image"]},
+            {"id": 9, "type": "GetVideoComponents", "size": [240, 100]},
+        ]),
+        {"id": 6, "type": "SVIInfiniteSampler", "pos": [900, 0], "size": [420, 760],
+         "widgets": sampler},
+        {"id": 7, "type": "MarkdownNote", "pos": [-480, 0], "size": [440, 900], "title": "Model files",
          "widgets": [_note(False, [LORA_DANCE], how)]},
     ]  # fmt: skip
     links = [(1, 0, 6, 0), (1, 2, 6, 1), (5, 0, 6, 2), (4, 0, 6, 3), (3, 0, 6, 5), (2, 0, 5, 0),
-             (8, 0, 9, 0), (9, 0, 6, 6)]  # fmt: skip
-    return _build(spec, links)
-
-
-def toy() -> dict[str, Any]:
-    """The toy CPU demo: shipped toy models, 20 clips of 13 frames at 64x48, then the drift
-    report (about a minute on a CPU)."""
-    widgets = ["tom", 20, 13, 64, 48, 10, 1.0, "euler", "simple", 5.0, 0, "fixed", 42, 16.0,
-               "svi_toy_demo", "resume or new", 0.875, "rgb", "loop"]  # fmt: skip
-    note = (
-        "## Toy CPU demo (no download)\n\n"
-        "**SVI Toy Models** loads the tiny toy Wan2.1 I2V models shipped with the pack "
-        "(svi_core/assets) and the toy world's start frame. The sampler runs the real SVI clip "
-        "loop (mode tom, 20 clips of 13 frames at 64x48, 10 steps, CFG 1) on a CPU in about a "
-        "minute, then **SVI Drift Report** measures how the video drifts clip by clip and "
-        "writes report.json / report.png into output/svi/svi_toy_demo/.\n\n"
-        "The toy pictures are blocky and drift visibly in colour: it shows the pipeline and "
-        "the report working, not a real model."
-    )
-    spec = [
-        {"id": 1, "type": "SVIToyModels", "pos": [0, 0], "size": [320, 200], "widgets": [3]},
-        {"id": 5, "type": "SVIPromptStream", "pos": [0, 260], "size": [380, 200],
-         "widgets": ["toy world", 0, ""]},
-        {"id": 6, "type": "SVIInfiniteSampler", "pos": [420, 0], "size": [420, 700],
-         "widgets": widgets},
-        {"id": 8, "type": "SVIDriftReport", "pos": [880, 0], "size": [520, 520],
-         "widgets": ["", 0, 5, False]},
-        {"id": 7, "type": "MarkdownNote", "pos": [-420, 0], "size": [400, 420],
-         "title": "Toy demo", "widgets": [note]},
-    ]  # fmt: skip
-    links = [(1, 0, 6, 0), (1, 1, 6, 1), (5, 0, 6, 2), (1, 4, 6, 3), (1, 3, 6, 5), (1, 2, 5, 0),
-             (6, 0, 8, 0), (1, 4, 8, 1)]  # fmt: skip
+             (8, 0, 9, 0), (9, 0, 6, 7)]  # fmt: skip
     return _build(spec, links)
 
 
@@ -340,8 +494,9 @@ BUILDERS = {
     "SVI-Shot_Wan2.1": shot,
     "SVI-Film_Wan2.1_prompt_stream": film,
     "SVI-2.0-Pro_Wan2.2": pro,
-    "SVI-Dance_Wan2.1": dance,
     "SVI-Toy_CPU_demo": toy,
+    "SVI-Talk_Wan2.1": talk,
+    "SVI-Dance_Wan2.1": dance,
 }
 
 

@@ -33,11 +33,13 @@ class FakeUMT5:
 
 class FakeClipVisionH:
     """Quacks like ComfyUI's CLIP_VISION: penultimate_hidden_states [B, 257, 1280] from a fixed
-    random projection of an 8x8 thumbnail of the image."""
+    random projection of an 8x8 thumbnail of the image plus a fixed per-token pattern (2.3 MB
+    of tables, so the stand-in does not weigh on memory measurements)."""
 
     def __init__(self) -> None:
         gen = torch.Generator().manual_seed(1234)
-        self.proj = torch.randn(8 * 8 * 3, 257 * 1280, generator=gen) / 8.0
+        self.proj = torch.randn(8 * 8 * 3, 1280, generator=gen) / 8.0
+        self.tokens = torch.randn(257, 1280, generator=gen) * 0.5
 
     def encode_image(self, image: torch.Tensor, crop: bool = True):
         import comfy.clip_vision
@@ -45,7 +47,7 @@ class FakeClipVisionH:
         thumb = torch.nn.functional.interpolate(
             image.movedim(-1, 1).float(), size=(8, 8), mode="area"
         )
-        feats = (thumb.flatten(1) @ self.proj).view(-1, 257, 1280)
+        feats = (thumb.flatten(1) @ self.proj)[:, None, :] + self.tokens
         out = comfy.clip_vision.Output()
         out["penultimate_hidden_states"] = feats
         out["last_hidden_state"] = feats
