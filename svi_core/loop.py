@@ -46,6 +46,7 @@ from .log import logger
 from .modes import ModeConfig
 from .prompts import PromptStream
 from .run_store import (
+    NOT_RECORDED,
     ClipRecord,
     RunStore,
     check_writable,
@@ -79,8 +80,11 @@ class RunSettings:
     crf: int = DEFAULT_CRF
 
     def identity(self) -> dict[str, Any]:
-        """The JSON-able settings a run directory is bound to (everything but ``num_clips``)."""
+        """The JSON-able settings a run directory is bound to (everything but ``num_clips``
+        and the mode's informative ``lora`` file hint: the LoRA weights themselves are bound
+        through the run's inputs)."""
         d = dataclasses.asdict(self.mode)
+        d.pop("lora", None)
         d.update(width=self.width, height=self.height, crf=self.crf)
         return d
 
@@ -114,6 +118,9 @@ def identity_defaults() -> dict[str, Any]:
     for f in dataclasses.fields(ModeConfig):
         if f.default is not dataclasses.MISSING:
             out[f.name] = json.loads(json.dumps(f.default))
+    # the file-name hint was recorded by earlier versions; it is not compared (it is text that
+    # changed when the official files were renamed, not a property of the video)
+    out["lora"] = NOT_RECORDED
     return out
 
 

@@ -171,8 +171,10 @@ def test_generate_talk_end_to_end(tmp_path, talk_files, caplog):
 
     for name in ("wan21_i2v_dit", "wan21_vae"):
         shutil.copytree(FIXTURES / name, tmp_path / name)
+    dit = json.loads((FIXTURES / "wan21_i2v_dit" / "config.json").read_text())
+    mt = multitalk_file(tmp_path / "multitalk.safetensors", dit["dim"], dit["num_layers"])
     torch.manual_seed(0)
-    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=96, intermediate_size=64,
+    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=dit["clip_dim"], intermediate_size=64,
         num_hidden_layers=2, num_attention_heads=4, image_size=224, patch_size=14))  # fmt: skip
     (tmp_path / "clip").mkdir()
     sd = {k if k.startswith("vision_model.") else "vision_model." + k: v.contiguous()
@@ -183,7 +185,7 @@ def test_generate_talk_end_to_end(tmp_path, talk_files, caplog):
     emb = save_text_embeddings(
         tmp_path / "emb.safetensors",
         {
-            p: torch.randn(1, 512, 32, generator=g)
+            p: torch.randn(1, 512, dit["text_dim"], generator=g)
             for p in ("a person is talking", NEGATIVE_PROMPT_EN)
         },
     )
@@ -193,7 +195,7 @@ def test_generate_talk_end_to_end(tmp_path, talk_files, caplog):
         "generate", "--mode", "talk", "--model", str(tmp_path / "wan21_i2v_dit" / "model.safetensors"),
         "--vae", str(tmp_path / "wan21_vae" / "model.safetensors"),
         "--clip-vision", str(tmp_path / "clip" / "clip.safetensors"), "--text-embeddings", str(emb),
-        "--audio", str(talk_files["speech"]), "--multitalk", str(talk_files["mt64"]),
+        "--audio", str(talk_files["speech"]), "--multitalk", str(mt),
         "--wav2vec", str(talk_files["w2v"]), "--image", str(img), "--frames", "9",
         "--steps", "2", "--width", "32", "--height", "32", "--output", str(out), "--no-progress",
     ]  # fmt: skip

@@ -84,6 +84,7 @@ def test_i2v_without_clip_feature_is_refused_since_comfy_differs() -> None:
     the Wan2.1 modes) rather than give a result ComfyUI would not."""
     from svi_core.backend import ClipRequest
     from svi_core.errors import SVIError
+    from svi_core.guidance import Guidance
     from svi_core.loop import clip_noise
     from svi_core.standalone.backend import DiffusersBackend
     from svi_core.standalone.models import load_wan_transformer, load_wan_vae
@@ -114,7 +115,7 @@ def test_i2v_without_clip_feature_is_refused_since_comfy_differs() -> None:
     mask[:, :, 0] = 1
     request = ClipRequest(
         index=0, seed=0, noise=clip_noise(0, t, h, w), cond_latent=inputs["x"][:, 20:], mask=mask,
-        positive="p", negative="n", clip_vision=None, steps=2, cfg=1.0, shift=5.0, boundary=None,
+        positive="p", negative="n", clip_vision=None, steps=2, guidance=Guidance(scale=1.0), shift=5.0, boundary=None,
     )  # fmt: skip
     with pytest.raises(SVIError, match="no CLIP-vision"):
         backend.denoise(request)
