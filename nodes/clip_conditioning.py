@@ -151,6 +151,11 @@ class SVIClipConditioning(io.ComfyNode):
         clip_vision: Any = None,
     ) -> io.NodeOutput:
         cfg = get_mode(mode, frames=frames)
+        if cfg.conditions:  # e.g. dance: the pose goes into the model, not the conditioning
+            raise SVIError(
+                f"mode {mode!r} needs the per-clip condition(s) {', '.join(cfg.conditions)}, "
+                "which this node cannot give a KSampler; use the SVI Infinite Sampler"
+            )
         check_frames(frames)
         check_size(width, height)
         no_clip = clip_vision_problem(

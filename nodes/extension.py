@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .clip_conditioning import SVIClipConditioning
+from .dance import SVIPoseAlign
 from .drift import SVIDriftReport
 from .loaders import SVILoraLoader, SVIModelLoader
 from .prompts import SVIPromptStream
@@ -23,6 +24,7 @@ NODE_CLASSES: list[type[io.ComfyNode]] = [
     SVIDriftReport,
     SVIToyModels,
     SVITalkAudio,
+    SVIPoseAlign,
 ]
 
 

@@ -21,8 +21,11 @@ from ..svi_core import lora as svi_lora
 from ..svi_core.clip_schedule import lora_name
 from ..svi_core.errors import CheckpointError
 from ..svi_core.log import logger
+from ..svi_core.pose_inputs import load_lora_and_pose, refuse_model_without_pose_support
 from .convert import module_shapes
+from .dance import attach_pose_embedding
 from .lora_patch import PatchedLora, record_lora
+from .pose_patch import dit_width
 
 NONE = "none"
 SVI_LORA_NAME = "svi"
@@ -60,9 +63,19 @@ def apply_svi_lora(
     recorded under ``name`` (default: the file name, see ``svi_core.clip_schedule.lora_name``)
     so a per-clip schedule can re-patch its strength (``nodes/lora_patch.py``).
     Raises CheckpointError naming the LoRA file and the first layer that does not land on
-    the model (a LoRA for another model, or one ComfyUI would silently skip).
+    the model (a LoRA for another model, or one ComfyUI would silently skip). The SVI-Dance
+    file (LoRA + pose embedding) also attaches its pose embedding to the clone
+    (``nodes.dance``), refusing a model the embedding cannot drive before anything is applied.
     """
-    lora = svi_lora.load_lora(lora_path)
+    lora, pose = load_lora_and_pose(lora_path)
+    if pose is not None:
+        refuse_model_without_pose_support(
+            dit_width=dit_width(model),
+            image_embedding=getattr(model.model.diffusion_model, "img_emb", None) is not None,
+            pose_dim=pose.dim,
+            source=lora_path,
+            model=label,
+        )
     sd = _diffusion_state_dict(model)
     svi_lora.validate_lora(lora, module_shapes(sd), lora_path=lora_path, model_name=label)
     canonical = svi_lora.canonical_state_dict(lora)
@@ -98,6 +111,8 @@ def apply_svi_lora(
         ),
         label,
     )
+    if pose is not None:
+        attach_pose_embedding(patched, pose, lora_path)
     logger.info(
         "applied LoRA '%s' to %s: %d layers, rank %d, strength %g",
         lora_path,
@@ -149,7 +164,8 @@ class SVIModelLoader(io.ComfyNode):
                 io.Combo.Input(
                     "lora_name",
                     options=_lora_choices(),
-                    tooltip="SVI LoRA for this DiT, from models/loras; any key spelling works.",
+                    tooltip="SVI LoRA for this DiT, from models/loras; any key spelling works. "
+                    "svi-dance.safetensors also brings its pose embedding (mode dance).",
                 ),
                 io.Float.Input(
                     "lora_strength",
@@ -253,7 +269,8 @@ class SVILoraLoader(io.ComfyNode):
                 io.Combo.Input(
                     "lora_name",
                     options=folder_paths.get_filename_list("loras"),
-                    tooltip="LoRA file in models/loras.",
+                    tooltip="LoRA file in models/loras (svi-dance.safetensors also attaches "
+                    "its pose embedding for mode dance).",
                 ),
                 io.Float.Input(
                     "strength",

@@ -24,10 +24,12 @@ from ..svi_core.errors import Cancelled
 from ..svi_core.latents import denormalise
 from ..svi_core.loop import LoopInputs, RunSettings, prepare_run, run_clips
 from ..svi_core.modes import get_mode, mode_names
+from ..svi_core.pose import LOOP_POLICIES
 from ..svi_core.run_store import sha256_json
 from .backend import ComfyBackend
 from .checks import EXISTING_RUN, check_models, model_fingerprint, pick_run
 from .convert import reference_from_image, run_video
+from .dance import LOOP_TOOLTIP, PALETTE_CHOICES, PALETTE_TOOLTIP, dance_parts
 from .lora_patch import schedule_loras
 from .prompts import EncodedPrompts, SVIPrompts
 from .schedule import ScheduleInput, SVISchedulePort
@@ -58,11 +60,19 @@ def _settings(kwargs: dict[str, Any], prompts: EncodedPrompts, image: torch.Tens
     if width == 0 or height == 0:
         width, height = reference_size(mode, int(image.shape[2]), int(image.shape[1]))
     frames = cond.feature_frames if cond is not None else None
-    clips = kwargs["clips"] or mode.clip_count(len(prompts.texts), frames)
+    pose = kwargs.get("pose_video")
+    pose_frames = None if pose is None else int(pose.shape[0])
+    clips = kwargs["clips"] or mode.clip_count(len(prompts.texts), frames, pose_frames=pose_frames)
     return RunSettings(mode=mode, width=width, height=height, num_clips=clips)
 
 
-def _inputs(kw: dict[str, Any], prompts: EncodedPrompts, reference: torch.Tensor, mode) -> Any:
+def _inputs(
+    kw: dict[str, Any],
+    prompts: EncodedPrompts,
+    reference: torch.Tensor,
+    mode,
+    dance: tuple = ((), {}, {}),
+) -> Any:
     """The loop inputs of the node: the reference, the encoded prompts (keyed by their texts,
     so the run store never hashes conditioning tensors), the negative, and fingerprints of
     what the loop cannot see: prompt texts and repeat, negative text, sampler/scheduler and
@@ -85,6 +95,8 @@ def _inputs(kw: dict[str, Any], prompts: EncodedPrompts, reference: torch.Tensor
     if schedule is not None:
         loras = schedule_loras(kw["model"], kw.get("low_noise_model"))
         conditions += (schedule.condition(prompts.text_encoder, loras),)
+    fingerprints.update(dance[2])
+    conditions += tuple(dance[0])
     return LoopInputs(
         reference=reference,
         prompts=list(prompts.positives),
@@ -122,7 +134,7 @@ class SVIInfiniteSampler(io.ComfyNode):
                     "mode",
                     options=mode_names(),
                     default="film",
-                    tooltip="SVI preset: shot/film/tom/v2 on Wan2.1 I2V 14B; v2_w22/v2_pro on "
+                    tooltip="SVI preset: shot/film/tom/v2/dance on Wan2.1 I2V 14B; v2_w22/v2_pro on "
                     "Wan2.2 I2V A14B (two experts). Must match the LoRA.",
                 ),
                 io.Int.Input(
@@ -258,6 +270,26 @@ class SVIInfiniteSampler(io.ComfyNode):
                     tooltip="SVI Schedule: per-clip prompt, seed, CFG, LoRA strengths, anchor "
                     "(scene change) and keyframes; unscheduled clips keep the mode's values.",
                 ),
+                io.Image.Input(
+                    "pose_video",
+                    optional=True,
+                    tooltip="Mode dance: the skeleton video to follow (Load Video -> Get Video "
+                    "Components, or a DWPose / SDPose node); it loops when shorter than the run.",
+                ),
+                io.Combo.Input(
+                    "pose_palette",
+                    options=list(PALETTE_CHOICES),
+                    default="rgb",
+                    optional=True,
+                    tooltip=PALETTE_TOOLTIP,
+                ),
+                io.Combo.Input(
+                    "pose_loop",
+                    options=list(LOOP_POLICIES),
+                    default="loop",
+                    optional=True,
+                    tooltip=LOOP_TOOLTIP,
+                ),
             ],
             outputs=[
                 io.Video.Output(
@@ -289,7 +321,11 @@ class SVIInfiniteSampler(io.ComfyNode):
         check_models(mode, kw["model"], kw.get("low_noise_model"), kw.get("clip_vision"))
         check_talk_inputs(mode, kw.get("condition"), kw["model"])
         reference = reference_from_image(image, settings.width, settings.height)
-        inputs = _inputs(kw, prompts, reference, mode)
+        dance = dance_parts(
+            mode, kw["model"], kw.get("pose_video"), settings.width, settings.height,
+            palette=kw.get("pose_palette", "rgb"), loop=kw.get("pose_loop", "loop"),
+        )  # fmt: skip
+        inputs = _inputs(kw, prompts, reference, mode, dance)
         run = prepare_run(settings, inputs)
         store = pick_run(
             folder_paths.get_output_directory(), kw["run_name"], kw["on_existing_run"], run
@@ -308,7 +344,10 @@ class SVIInfiniteSampler(io.ComfyNode):
             low_noise_model=kw.get("low_noise_model"),
             sampler_name=kw["sampler_name"],
             scheduler=kw["scheduler"],
-            extras=dict(kw["condition"].extras) if kw.get("condition") is not None else None,
+            extras={
+                **(dict(kw["condition"].extras) if kw.get("condition") is not None else {}),
+                **dance[1],
+            },
         )
         video_path = run_video(run_dir)
         try:

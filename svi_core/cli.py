@@ -18,6 +18,12 @@ A talking video (SVI-Talk) adds the speech and its two models::
         --multitalk multitalk.safetensors --wav2vec chinese-wav2vec2-base/ \\
         --lora svi-talk.safetensors --model ... --vae ... --clip-vision ... --output talk.mp4
 
+A dancing video (SVI-Dance) adds a skeleton video; the SVI-Dance file holds the LoRA and the pose
+embedding::
+
+    python -m svi_core generate --mode dance --pose pose.mp4 --image dancer.png \\
+        --lora svi-dance.safetensors --model ... --vae ... --clip-vision ... --output dance.mp4
+
 ``report VIDEO --out DIR`` is forwarded to :func:`svi_core.report.main`; ``demo`` to
 :func:`svi_core.toy.demo.main`.
 """
@@ -42,6 +48,7 @@ from .limits import size_problem
 from .log import logger
 from .loop import LoopInputs, RunResult, RunSettings, check_output, open_run, run_clips
 from .modes import MODES, ModeConfig, clip_vision_problem, get_mode
+from .pose_inputs import DanceInputs
 from .prompts import PromptStream, load_prompts
 from .talk.inputs import TalkInputs, refuse_talk_lora_elsewhere
 from .video_io import DEFAULT_CRF
@@ -157,6 +164,7 @@ class GenerateOptions:
         schedule: the per-clip schedule (``--schedule``) or None; schedule_images: its
             images, uint8 ``[H, W, 3]`` as read (image N = ``schedule_images[N - 1]``).
         talk: the checked SVI-Talk inputs (speech, MultiTalk, wav2vec2) for mode talk.
+        dance: the checked SVI-Dance inputs (pose frames, the Dance file) for mode dance.
     """
 
     settings: RunSettings
@@ -172,6 +180,7 @@ class GenerateOptions:
     talk: TalkInputs | None = None
     schedule: Schedule | None = None
     schedule_images: tuple[torch.Tensor, ...] = ()
+    dance: DanceInputs | None = None
 
     def loaded_loras(self) -> tuple[LoadedLora, ...]:
         """The LoRAs of both models as a schedule names them."""
@@ -231,6 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--schedule", type=Path,
         help="per-clip schedule (TOML): prompt, seed, cfg, LoRA strengths, anchor and keyframe "
         "images per clip range",
+    )  # fmt: skip
+    d = g.add_argument_group("dance (mode dance: a dancing video from a skeleton video)")
+    d.add_argument("--pose", type=Path, help="skeleton video (or folder of frames) to follow")
+    d.add_argument(
+        "--pose-palette", choices=["official", "rgb"], default="official",
+        help="official: drawn by the official/UniAnimate scripts (BGR); rgb: ComfyUI/ControlNet",
+    )  # fmt: skip
+    d.add_argument(
+        "--pose-loop", choices=["loop", "pingpong", "hold"], default="loop",
+        help="past the end of the pose video: loop (official), pingpong or hold the last pose",
     )  # fmt: skip
     t = g.add_argument_group("talk (mode talk: a talking video from speech)")
     t.add_argument("--audio", type=Path, help="speech (wav, mp3, flac, m4a, or a video's sound)")
@@ -372,6 +391,10 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         dit=args.model,
         align=args.audio_align,
     )
+    dance: DanceInputs | None = problems.check(
+        DanceInputs.check, rules, pose=args.pose, palette=args.pose_palette, loop=args.pose_loop,
+        loras=[spec.path for spec in loras if spec.path.is_file()], dit=args.model,
+    )  # fmt: skip
     if args.cfg_audio is not None and "audio" not in rules.conditions:
         problems.add(
             f"--cfg-audio is the audio guidance of mode talk; mode {rules.name!r} has none"
@@ -429,10 +452,13 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         height, width = int(reference.shape[0]), int(reference.shape[1])
     else:  # a valid stand-in: the size's own problems are listed above
         width, height = rules.width, rules.height
+    if dance is not None:  # every pose frame read and fitted before any model loads
+        dance = problems.check(dance.read, width, height)
     audio_frames = talk.feature_frames if talk is not None else None
+    pose_frames = dance.frames if dance is not None else None
     clips = args.clips
     if clips is None:
-        clips = rules.clip_count(len(prompts or [""]), audio_frames)
+        clips = rules.clip_count(len(prompts or [""]), audio_frames, pose_frames=pose_frames)
     settings = RunSettings(mode=rules, width=width, height=height, num_clips=clips, crf=args.crf)
     problems.check(settings.validate)  # clip count, crf, the last clip's seed
     if schedule is not None and reference is not None:  # its lines against this run
@@ -475,6 +501,7 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         talk=talk,
         schedule=schedule,
         schedule_images=schedule_images,
+        dance=dance,
     )
 
 
@@ -501,15 +528,17 @@ def build_backend(opts: GenerateOptions):
     switched = condition.lora_keys() if condition is not None else set()
     switches = []
 
+    read_lora = opts.dance.load_lora if opts.dance is not None else load_lora
+
     def dit(path: Path, loras: Sequence[LoraSpec], expert: str) -> torch.nn.Module:
         model = load_wan_transformer(path, dtype=opts.dtype)
         later = {}
         for spec in loras:
             key = lora_key(spec.schedule_name, expert)
             if key in switched:  # a schedule changes it per clip: applied unmerged
-                later[key] = (load_lora(spec.path), spec.strength)
+                later[key] = (read_lora(spec.path), spec.strength)
             else:
-                apply_lora_to_diffusers(model, load_lora(spec.path), spec.strength)
+                apply_lora_to_diffusers(model, read_lora(spec.path), spec.strength)
         model = model.to(dev)
         if later:
             switches.append(SwitchableLoras(model, later))
@@ -550,7 +579,10 @@ def build_backend(opts: GenerateOptions):
         dtype=opts.dtype,
         batch_cfg=opts.batch_cfg,
         loras=switches,
-        extras={"audio": opts.talk.hook(high, opts.dtype)} if opts.talk is not None else None,
+        extras={
+            **({"audio": opts.talk.hook(high, opts.dtype)} if opts.talk is not None else {}),
+            **({"pose": opts.dance.hook(high)} if opts.dance is not None else {}),
+        },
     )
     # every prompt is known up front: encode them all, then free the text encoder
     scheduled = opts.schedule.prompts() if opts.schedule is not None else []
@@ -570,6 +602,8 @@ def generate(opts: GenerateOptions, backend=None) -> RunResult:
     schedule = opts.schedule_condition()
     if schedule is not None:
         conditions += (schedule,)
+    if opts.dance is not None:
+        conditions = (*conditions, opts.dance.condition())
     inputs = LoopInputs(
         reference=reference,
         prompts=opts.prompts,

@@ -34,7 +34,9 @@ COLUMNS = (
 def _model(m: ModeConfig) -> str:
     if m.model == "wan2.2":
         return "Wan2.2 A14B (2 experts)"
-    return "Wan2.1 I2V 14B + CLIP" + (" + MultiTalk" if "audio" in m.conditions else "")
+    extra = " + MultiTalk" if "audio" in m.conditions else ""
+    extra += " + pose embedding" if "pose" in m.conditions else ""
+    return "Wan2.1 I2V 14B + CLIP" + extra
 
 
 def _carry(m: ModeConfig) -> str:
@@ -58,12 +60,15 @@ def _guidance(m: ModeConfig) -> str:
     text = f"CFG {m.cfg:g}"
     if m.uncond_null:
         text += f" (uncond without {', '.join(m.uncond_null)})"
+    both = [c for c in m.conditions if c not in m.uncond_null]
+    if both and m.cfg != 1:
+        text += f", {', '.join(both)} in both passes"
     return text
 
 
 def _prompts(m: ModeConfig) -> str:
     if m.prompt_policy == "first":
-        return "`prompts[0]`"
+        return "`prompts[0]`" + (f' (default "{m.default_prompt}")' if m.default_prompt else "")
     if m.prompt_policy == "hold":
         return "`prompts[k]`, last held"
     return "cycle" if m.prompt_repeat == 1 else f"cycle, each prompt {m.prompt_repeat} times"
@@ -72,6 +77,8 @@ def _prompts(m: ModeConfig) -> str:
 def _clips(m: ModeConfig) -> str:
     if m.clip_count_rule == "audio":
         return f"cover the audio (official {m.default_clips})"
+    if m.clip_count_rule == "pose":
+        return f"play the pose video once (official {m.default_clips})"
     if m.clip_count_rule == "fixed" or m.prompt_policy == "first":
         return str(m.default_clips)
     per = "#prompts" if m.prompt_repeat == 1 else f"{m.prompt_repeat} x #prompts"

@@ -37,11 +37,13 @@ PromptPolicy = Literal["first", "cycle", "hold"]
 """``first``: every clip uses prompts[0]. ``cycle``: prompts[(k // repeat) % len].
 ``hold``: prompts[min(k // repeat, len - 1)] (the last prompt is held)."""
 
-ClipCountRule = Literal["fixed", "min_prompts", "audio"]
+ClipCountRule = Literal["fixed", "min_prompts", "audio", "pose"]
 """``fixed``: ``default_clips``. ``min_prompts``: ``min(default_clips, len(prompts) * repeat)``
 (the official Wan2.1 script's rule when the prompt stream is used). ``audio`` (SVI-Talk): the
 fewest clips that cover the speech (:func:`svi_core.talk.clips_for_audio`; not an official
-rule: the official script always makes ``default_clips`` = 50)."""
+rule: the official script always makes ``default_clips`` = 50). ``pose`` (SVI-Dance): the fewest
+clips that play the pose video once (:func:`svi_core.pose.clips_to_cover`; not an official rule:
+the official script always makes ``default_clips`` = 10 and loops the pose)."""
 
 ResizeRule = Literal["fit_width", "fixed"]
 """``fit_width``: keep the image size if width <= ``max_width`` else scale to that width, floor
@@ -71,7 +73,7 @@ class ModeConfig:
 
     Attributes:
         name: preset name (``shot``, ``film``, ``tom``, ``v2``, ``v2_w22``, ``v2_pro``,
-            ``talk``).
+            ``talk``, ``dance``).
         model: ``wan2.1`` (one I2V-14B DiT with CLIP vision) or ``wan2.2`` (two A14B experts).
         lora: the official LoRA file(s) this mode is meant for (informative).
         carry: ``pixel`` or ``latent`` (see :data:`CarrySpace`).
@@ -106,7 +108,7 @@ class ModeConfig:
         clip_count_rule, default_clips: default number of clips (see :data:`ClipCountRule`).
         negative_prompt: exact official negative prompt.
         default_prompt: the official prompt of a mode whose script fixes one (SVI-Talk: "a
-            person is talking"); used when the user gives none. Empty: the user must give one.
+            person is talking", SVI-Dance: "the person is dancing"); used when the user gives none. Empty: the user must give one.
         fps: saved video frame rate (official 24 for Wan2.1, 15 for Wan2.2).
         resize, max_width, width, height: reference-image sizing (see :data:`ResizeRule`).
     """
@@ -179,12 +181,21 @@ class ModeConfig:
         """The seed of clip ``clip`` (0-based): ``seed_base + clip * seed_stride``."""
         return self.seed_base + clip * self.seed_stride
 
-    def clip_count(self, num_prompts: int, audio_frames: int | None = None) -> int:
+    def clip_count(
+        self, num_prompts: int, audio_frames: int | None = None, *, pose_frames: int | None = None
+    ) -> int:
         """Default number of clips for a prompt list of ``num_prompts`` entries.
 
-        ``audio_frames``: feature frames of the speech (rule ``audio``); without it the rule
-        ``audio`` falls back to the official ``default_clips``.
+        ``audio_frames``: feature frames of the speech (rule ``audio``); ``pose_frames``: frames
+        of the pose video (rule ``pose``); without them these rules fall back to the official
+        ``default_clips``.
         """
+        if self.clip_count_rule == "pose":
+            if pose_frames is None:
+                return self.default_clips
+            from .pose import clips_to_cover
+
+            return clips_to_cover(pose_frames, self.frames, self.motion_frames)
         if self.clip_count_rule == "audio":
             if audio_frames is None:
                 return self.default_clips
@@ -231,9 +242,10 @@ def _check(mode: ModeConfig) -> list[str]:
         p.append(f"stitch={mode.stitch!r} must be 'drop_tail' or 'drop_head'")
     if mode.prompt_policy not in ("first", "cycle", "hold"):
         p.append(f"prompt_policy={mode.prompt_policy!r} must be 'first', 'cycle' or 'hold'")
-    if mode.clip_count_rule not in ("fixed", "min_prompts", "audio"):
+    if mode.clip_count_rule not in ("fixed", "min_prompts", "audio", "pose"):
         p.append(
-            f"clip_count_rule={mode.clip_count_rule!r} must be 'fixed', 'min_prompts' or 'audio'"
+            f"clip_count_rule={mode.clip_count_rule!r} must be 'fixed', 'min_prompts', 'audio' "
+            "or 'pose'"
         )
     if mode.resize not in ("fit_width", "fixed"):
         p.append(f"resize={mode.resize!r} must be 'fit_width' or 'fixed'")
@@ -387,6 +399,30 @@ MODES: dict[str, ModeConfig] = {
         default_prompt="a person is talking",
         **{**_WAN21, "cfg": 2.0, "fps": 25.0},
     ),
+    # SVI-Dance (official test_svi_dance.py, scripts/test/svi_dance.sh,
+    # diffsynth/pipelines/svi_video_dance.py; every rule with its line in the project notes'
+    # DANCE_RULES): m = 1 (svi_dance.sh:10), reference padding (--ref_pad_num -1, sh:7,
+    # test:72-77), non-final clips drop their last frame (test:264-267), text CFG 2.0 with the
+    # pose in BOTH passes (cond_wo_pose=True, test:259; svi_video_dance.py:423-433, so
+    # uncond_null stays empty), 50 steps (sh:9), shift 5 (test:90-95), 25 fps (test:279), 10
+    # clips (sh:8; our default plays the pose video once, see ClipCountRule), max width 640
+    # (test:192-203), prompt "the person is dancing" (test:244), the English negative
+    # (test:137). The official seed is None (fresh noise every run, test:27,251): we keep the
+    # fixed base + k * stride rule so that a run can resume.
+    "dance": ModeConfig(
+        name="dance",
+        lora="svi-dance.safetensors (LoRA + pose embedding)",
+        motion_frames=1,
+        padding="reference",
+        prompt_policy="first",
+        prompt_repeat=1,
+        clip_count_rule="pose",
+        default_clips=10,
+        max_width=640,
+        conditions=("pose",),
+        default_prompt="the person is dancing",
+        **{**_WAN21, "cfg": 2.0, "fps": 25.0},
+    ),
 }
 """The official presets. Values and where they come from: DESIGN.md §2-§3 (Talk: the comment
 above and the project notes' TALK_RULES)."""
@@ -423,7 +459,7 @@ def get_mode(name: str | ModeConfig, **overrides: object) -> ModeConfig:
         if key not in MODES:
             raise SVIError(
                 f"unknown SVI mode {name!r}; expected one of {', '.join(MODES)}"
-                " (shot/film/tom/v2/talk = Wan2.1, v2_w22/v2_pro = Wan2.2 A14B)"
+                " (shot/film/tom/v2/talk/dance = Wan2.1, v2_w22/v2_pro = Wan2.2 A14B)"
             )
         base = MODES[key]
     fields = {f.name for f in dataclasses.fields(ModeConfig)}

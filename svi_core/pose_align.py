@@ -435,3 +435,39 @@ def draw_poses(frames: Sequence[PoseKeypoints], width: int, height: int, **kw: A
     if not frames:
         raise SVIError("pose drawing: no frames")
     return np.stack([draw_pose(kp, width, height, **kw) for kp in frames])
+
+
+def aligned_skeleton_video(
+    driving: Sequence[Mapping[str, Any]],
+    reference: Sequence[Mapping[str, Any]] | None,
+    width: int,
+    height: int,
+    *,
+    palette: Palette = "rgb",
+    hands: bool = True,
+) -> np.ndarray:
+    """A skeleton video drawn from ``POSE_KEYPOINT`` data, aligned to the reference person.
+
+    ``driving``: one OpenPose frame dict per video frame (the first person is used);
+    ``reference``: the reference image's keypoints (its first frame), or None to draw the driving
+    skeleton unaligned. Returns uint8 ``[N, height, width, 3]`` drawn in ``palette`` at the video
+    size (the official ``run_align_pose.py`` draws on a fixed 512x768 canvas, see the module
+    docstring).
+
+    Raises:
+        SVIError: no frames, a frame without canvas size, a reference without a person.
+    """
+    if isinstance(driving, Mapping):
+        driving = [driving]
+    if isinstance(reference, Mapping):
+        reference = [reference]
+    frames = frames_from_pose_keypoint(driving)
+    if reference is not None:
+        ref = frames_from_pose_keypoint(reference)[0]
+        if not np.isfinite(ref.body[:18]).any():
+            raise SVIError(
+                "pose alignment: no person was detected in the reference keypoints; give the "
+                "reference image's pose (DWPose / SDPose of the dancer image) or none"
+            )
+        frames = align_poses(frames, ref)
+    return draw_poses(frames, width, height, palette=palette, hands=hands)

@@ -28,6 +28,8 @@ def _prompt_value(prompt) -> float:
 def _extra_value(payload) -> float:
     if isinstance(payload, torch.Tensor):
         return float(payload.float().mean())
+    if callable(getattr(payload, "fingerprint", None)):  # e.g. a pose window
+        return _prompt_value(payload.fingerprint())
     return _prompt_value(payload)
 
 

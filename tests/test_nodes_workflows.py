@@ -12,6 +12,7 @@ FILES = sorted((ROOT / "workflows").glob("*.json"))
 MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth")
 CORE_TYPES = {"LoadImage", "CLIPLoader", "CLIPVisionLoader", "MarkdownNote", "Note"}
 CORE_TYPES |= {"ModelPatchLoader", "AudioEncoderLoader", "LoadAudio"}  # SVI-Talk
+CORE_TYPES |= {"LoadVideo", "GetVideoComponents"}  # SVI-Dance
 
 
 def test_the_three_workflows_ship():
@@ -203,3 +204,34 @@ def test_shipped_workflows_are_what_the_builders_write(tmp_path):
         assert json.loads(shipped.read_text(encoding="utf-8")) == json.loads(
             written.read_text(encoding="utf-8")
         ), f"{shipped.name} differs from its builder: run python tests/tier2/workflow_tools.py"
+
+
+def test_dance_workflow_follows_a_pose_video_with_the_official_settings():
+    wf = json.loads((ROOT / "workflows" / "SVI-Dance_Wan2.1.json").read_text(encoding="utf-8"))
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    sampler = next(n for n in nodes.values() if n["type"] == "SVIInfiniteSampler")
+    w = sampler["widgets_values"]
+    # mode, clips, frames, width, height, steps, cfg, ..., fps at 13, pose_palette, pose_loop
+    assert (w[0], w[1], w[3], w[4], w[5], w[6], w[9], w[13]) == (
+        "dance",
+        0,
+        0,
+        0,
+        50,
+        2.0,
+        5.0,
+        25.0,
+    )
+    assert w[-2:] == ["official", "loop"]
+    pose = next(i for i in sampler["inputs"] if i["name"] == "pose_video")
+    link = next(lk for lk in wf["links"] if lk[0] == pose["link"])
+    src = nodes[link[1]]
+    assert src["type"] == "GetVideoComponents" and link[2] == 0  # its images
+    video = nodes[next(lk for lk in wf["links"] if lk[0] == src["inputs"][0]["link"])[1]]
+    assert video["type"] == "LoadVideo"
+    loader = next(n for n in nodes.values() if n["type"] == "SVIModelLoader")
+    assert loader["widgets_values"][1] == "svi-dance.safetensors"
+    note = next(n for n in nodes.values() if n["type"] == "MarkdownNote")["widgets_values"][0]
+    for text in (video["widgets_values"][0], "pose_palette official", "pose_palette rgb",
+                 "SVI Pose Align", "DWPose", "SDPose"):  # fmt: skip
+        assert text in note, text

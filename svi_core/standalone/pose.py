@@ -16,13 +16,15 @@ broadcast over the CFG batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
 
 import torch
 
 from ..errors import SVIError
-from ..pose import tokens_match
+from ..pose import PoseEmbedding, pose_tokens, tokens_match
+from ..pose_condition import window_frames
 
 
 def _patch_embedding(transformer: torch.nn.Module) -> torch.nn.Module:
@@ -46,7 +48,9 @@ def check_pose_width(transformer: torch.nn.Module, dim: int, source: str) -> Non
 
 
 @contextmanager
-def pose_tokens_added(transformer: torch.nn.Module, tokens: torch.Tensor) -> Iterator[None]:
+def pose_tokens_added(
+    transformer: torch.nn.Module, tokens: torch.Tensor, rows: Sequence[bool] | None = None
+) -> Iterator[None]:
     """While active, every forward of ``transformer`` adds ``tokens`` to its patch tokens.
 
     Args:
@@ -55,6 +59,8 @@ def pose_tokens_added(transformer: torch.nn.Module, tokens: torch.Tensor) -> Ite
             sampled; broadcast over the batch (cond + uncond). Cast to the conv output's
             dtype and device at each call (bf16 + bf16 like the official pipeline when the DiT
             is bf16).
+        rows: per batch row, whether it gets the tokens (a guidance pass without the pose gets
+            none, as the official ``cond_wo_pose=False`` unconditional pass); None = every row.
 
     Raises (inside the forward): SVIError when the DiT's patch grid differs from the tokens'
     (a pose window for another size or frame count).
@@ -73,10 +79,50 @@ def pose_tokens_added(transformer: torch.nn.Module, tokens: torch.Tensor) -> Ite
                 f"grid {tuple(output.shape[2:])}; the pose window was made for another size "
                 "or frame count"
             )
-        return output + tokens.to(device=output.device, dtype=output.dtype)
+        add = tokens.to(device=output.device, dtype=output.dtype)
+        if rows is not None:
+            if len(rows) != output.shape[0]:
+                raise SVIError(
+                    f"pose rows {list(rows)} do not match the DiT batch of {output.shape[0]}"
+                )
+            keep = torch.tensor(list(rows), device=output.device)
+            return torch.where(keep.view(-1, 1, 1, 1, 1), output + add, output)
+        return output + add
 
     handle = conv.register_forward_hook(hook)
     try:
         yield
     finally:
         handle.remove()
+
+
+class PoseHook:
+    """The diffusers backend's ``"pose"`` hook (:class:`~svi_core.standalone.backend.DiffusersExtra`).
+
+    :meth:`prepare` runs the pose embedding once per clip on the clip's window (a
+    :class:`~svi_core.pose_condition.PoseWindow`); :meth:`apply` adds the tokens to the patch
+    tokens of every forward of that clip, in the rows of the passes that keep the pose.
+
+    Args:
+        embedding: the float32 pose embedding (``svi_core.pose.load_dance_file(...).pose``).
+        source: the file it came from (for messages).
+    """
+
+    def __init__(self, embedding: PoseEmbedding, source: str = "the SVI-Dance file") -> None:
+        self.embedding = embedding
+        self.source = source
+
+    def check(self, transformer: torch.nn.Module) -> None:
+        """Refuse a DiT of another width than the embedding (before any sampling)."""
+        check_pose_width(transformer, self.embedding.dim, self.source)
+
+    def prepare(self, payload: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The clip's tokens ``[1, dim, T, H/16, W/16]`` in ``dtype`` on ``device``."""
+        return pose_tokens(self.embedding, window_frames(payload), device=device, dtype=dtype)
+
+    def apply(
+        self, prepared: torch.Tensor, model: torch.nn.Module, active: Sequence[bool]
+    ) -> AbstractContextManager[None]:
+        if not any(active):
+            return nullcontext()
+        return pose_tokens_added(model, prepared, None if all(active) else list(active))

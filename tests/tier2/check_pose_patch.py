@@ -82,6 +82,12 @@ def main(comfy: str, pack: str, work: str) -> None:
         topts = {"wrappers": patched.wrappers}
         out["pose"] = dm(x, t, ctx, transformer_options=topts).float()
         out["plain_after"] = dm(x, t, ctx, transformer_options={}).float()
+        # a guidance batch [cond, uncond] whose uncond pass runs without the pose (null_passes)
+        out["plain_neg"] = dm(x, t, ctx_neg, transformer_options={}).float()
+        rows = with_pose_tokens(model, emb, window, frozenset({1}))
+        topts = {"wrappers": rows.wrappers, "cond_or_uncond": [0, 1]}
+        out["rows"] = dm(torch.cat([x, x]), t.repeat(2), torch.cat([ctx, ctx_neg]),
+                         transformer_options=topts).float()  # fmt: skip
 
     def sample(m) -> torch.Tensor:
         m = ModelSamplingSD3().patch(m, 5.0)[0]
@@ -95,6 +101,7 @@ def main(comfy: str, pack: str, work: str) -> None:
     out["sample_pose"] = sample(patched)
     out["sample_pose_again"] = sample(patched)
     out["sample_pose_clone"] = sample(patched.clone())
+    out["sample_uncond_without_pose"] = sample(rows)
     save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(work, "out.safetensors"))
     import comfyui_version
 

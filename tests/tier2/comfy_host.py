@@ -60,6 +60,29 @@ def write_example_png(path: Path, width: int = 120, height: int = 80) -> None:
     Image.fromarray(img.astype("uint8")).save(path)
 
 
+def write_pose_video(path: Path, seed: int, width: int = 96, height: int = 64, n: int = 12) -> None:
+    """A small skeleton-like test video (coloured bars moving on black), written with
+    imageio-ffmpeg; another seed gives another dance."""
+    import imageio_ffmpeg
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    frames = np.zeros((n, height, width, 3), np.uint8)
+    for i in range(n):
+        for _ in range(3):
+            x, y = int(rng.integers(0, width - 12)), int(rng.integers(0, height - 12))
+            frames[i, y : y + 10, x : x + 4] = rng.integers(80, 256, 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = imageio_ffmpeg.write_frames(
+        str(path), (width, height), fps=25, codec="libx264", pix_fmt_out="yuv420p",
+        quality=None, output_params=["-crf", "10"], macro_block_size=2,
+    )  # fmt: skip
+    writer.send(None)
+    for f in frames:
+        writer.send(np.ascontiguousarray(f))
+    writer.close()
+
+
 class WSListener:
     """Minimal websocket client for ComfyUI's ``/ws`` (text frames only, no extensions)."""
 
@@ -156,6 +179,8 @@ class ComfyHost:
             if not link.exists():
                 link.symlink_to(target, target_is_directory=True)
         write_example_png(self.base / "input" / "example.png")
+        write_pose_video(self.base / "input" / "dance_pose.mp4", seed=1)
+        write_pose_video(self.base / "input" / "dance_pose_b.mp4", seed=2)
 
     def start(self, timeout: float = 300) -> None:
         self.log = open(self.log_path, "w")

@@ -8,6 +8,8 @@ names of the official Wan / ComfyUI model pages:
 - ``loras/``: SVI LoRAs with BARE official keys (``blocks.0.self_attn.q.lora_A.weight``, which
   stock ComfyUI ignores), one per DiT, a speed LoRA with kohya keys, and a LoRA for another
   model (more blocks, wrong width);
+- ``loras/svi-dance.safetensors``: an SVI-Dance file for the Wan2.1 DiT: its LoRA (bare keys)
+  and a random pose embedding (``dwpose_embedding.{0..12}``, 256 wide, the official layout);
 - ``vae/wan_2.1_vae.safetensors``: a FULL-size random Wan2.1 VAE (ComfyUI builds the VAE with
   a fixed width, so a narrower one cannot load).
 
@@ -94,6 +96,23 @@ def make_lora(dit: dict, seed: int, rank: int = 4, scale: float = 0.3) -> dict:
     return out
 
 
+def make_pose_embedding(dim: int, seed: int) -> dict:
+    """The official ``dwpose_embedding`` layout (svi_video_dance.py:254-268) with random weights,
+    scaled so its output moves a tiny DiT visibly."""
+    import torch
+
+    specs = [((3, 3, 3), 3, 16), ((3, 3, 3), 16, 16), ((3, 3, 3), 16, 16), ((3, 3, 3), 16, 16),
+             ((3, 3, 3), 16, 16), ((3, 3, 3), 16, 16), ((1, 2, 2), 16, dim)]  # fmt: skip
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for j, (kernel, cin, cout) in enumerate(specs):
+        fan_in = cin * kernel[0] * kernel[1] * kernel[2]
+        w = torch.randn(cout, cin, *kernel, generator=gen) * (1.5 / fan_in**0.5)
+        out[f"dwpose_embedding.{2 * j}.weight"] = w
+        out[f"dwpose_embedding.{2 * j}.bias"] = 0.02 * torch.randn(cout, generator=gen)
+    return out
+
+
 def make_vae(seed: int) -> dict:
     from comfy.ldm.wan.vae import WanVAE
 
@@ -118,6 +137,7 @@ NAMES = {
     "speed_high": "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors",
     "speed_low": "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors",
     "lora_other": "lora_for_another_model.safetensors",
+    "dance": "svi-dance.safetensors",
     "vae": "wan_2.1_vae.safetensors",
 }
 
@@ -209,6 +229,7 @@ def main(comfy_path: str, models: str) -> None:
         kohya["lora_unet_" + mod.replace(".", "_") + "." + part] = v
     save(kohya, "loras", "speed_high")
     save({k.replace("lora_unet_", "lora_unet_"): v for k, v in kohya.items()}, "loras", "speed_low")
+    save({**make_lora(wan21, 17), **make_pose_embedding(256, 18)}, "loras", "dance")
     other = make_lora(make_dit(True, 4, dim=128, layers=3), 16)
     save(other, "loras", "lora_other")
     vae_path = os.path.join(models, "vae", NAMES["vae"])

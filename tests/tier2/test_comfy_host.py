@@ -39,6 +39,7 @@ SVI_NODES = [
     "SVIDriftReport",
     "SVIToyModels",
     "SVITalkAudio",
+    "SVIPoseAlign",
 ]
 FRAMES, WIDTH, HEIGHT, STEPS = 9, 64, 64, 2
 

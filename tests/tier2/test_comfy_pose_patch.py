@@ -84,3 +84,15 @@ def test_comfy_sampling_with_pose(run) -> None:
     assert (out["sample_pose"] - out["sample_plain"]).abs().max().item() > 1e-3
     assert torch.equal(out["sample_pose"], out["sample_pose_again"])
     assert torch.equal(out["sample_pose"], out["sample_pose_clone"])
+
+
+def test_comfy_null_passes_drop_the_pose_row_by_row(run) -> None:
+    """``null_passes={1}``: in a [cond, uncond] batch (cond_or_uncond [0, 1]) the cond row gets
+    the pose, the uncond row is the plain forward (the official cond_wo_pose=False branch)."""
+    work, _ = run
+    out = load_file(str(work / "out.safetensors"))
+    assert (out["rows"][:1] - out["pose"]).abs().max().item() <= TOL
+    assert (out["rows"][1:] - out["plain_neg"]).abs().max().item() <= TOL
+    s = out["sample_uncond_without_pose"]
+    assert (s - out["sample_pose"]).abs().max().item() > 1e-4
+    assert (s - out["sample_plain"]).abs().max().item() > 1e-4

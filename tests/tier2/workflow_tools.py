@@ -34,6 +34,8 @@ LORA_TALK = "svi-talk.safetensors"
 MULTITALK = "multitalk.safetensors"
 WAV2VEC = "wav2vec2-chinese-base_fp16.safetensors"
 SPEECH = "speech.wav"
+LORA_DANCE = "svi-dance.safetensors"
+POSE_VIDEO = "dance_pose.mp4"
 
 # Where the official pages host each file (ComfyUI's missing-models dialog offers these):
 # Comfy-Org's repackaged Wan files and the SVI LoRAs of vita-video-gen/svi-model.
@@ -54,6 +56,7 @@ MODEL_SOURCES: dict[str, tuple[str, str]] = {  # file -> (models/ folder, downlo
     SPEED_HIGH: ("loras", f"{_WAN22}/loras/{SPEED_HIGH}"),
     SPEED_LOW: ("loras", f"{_WAN22}/loras/{SPEED_LOW}"),
     LORA_TALK: ("loras", f"{_SVI}/version-1.0/{LORA_TALK}"),
+    LORA_DANCE: ("loras", f"{_SVI}/version-1.0/{LORA_DANCE}"),
     MULTITALK: (
         "model_patches",
         f"https://huggingface.co/MeiGen-AI/MeiGen-MultiTalk/resolve/main/{MULTITALK}",
@@ -69,6 +72,11 @@ TITLE_HEIGHT = 30  # LiteGraph's NODE_TITLE_HEIGHT: the title bar is drawn above
 # node type -> (socket inputs [(name, type)], outputs [(name, type)])
 SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "LoadImage": ([], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "LoadVideo": ([], [("VIDEO", "VIDEO")]),
+    "GetVideoComponents": (
+        [("video", "VIDEO")],
+        [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")],
+    ),
     "CLIPLoader": ([], [("CLIP", "CLIP")]),
     "CLIPVisionLoader": ([], [("CLIP_VISION", "CLIP_VISION")]),
     "SVIModelLoader": ([], [("model", "MODEL"), ("low_noise_model", "MODEL"), ("vae", "VAE")]),
@@ -84,6 +92,7 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
             ("clip_vision", "CLIP_VISION"),
             ("condition", "SVI_CONDITION"),
             ("schedule", "SVI_SCHEDULE"),
+            ("pose_video", "IMAGE"),
         ],
         [("video", "VIDEO"), ("last_latent", "LATENT"), ("last_frames", "IMAGE")],
     ),
@@ -209,11 +218,24 @@ def _build(spec: list[dict[str, Any]], links: list[tuple[int, int, int, int]]) -
     }
 
 
-def _sampler_widgets(mode: str, clips: int, cfg: float, fps: float, run: str) -> list[Any]:
+POSE_DEFAULTS = ["rgb", "loop"]  # the sampler's pose_palette, pose_loop (after boundary)
+
+
+def _sampler_widgets(
+    mode: str,
+    clips: int,
+    cfg: float,
+    fps: float,
+    run: str,
+    *,
+    size: tuple[int, int] = (832, 480),
+    pose: list[str] = POSE_DEFAULTS,
+) -> list[Any]:
     # mode, clips, frames, width, height, steps, cfg, sampler, scheduler, shift, seed,
-    # control_after_generate, seed_stride, fps, run_name, on_existing_run, boundary
-    return [mode, clips, 81, 832, 480, 50, cfg, "euler", "simple", 5.0, 0, "fixed", 42, fps,
-            run, "resume or new", 0.875]  # fmt: skip
+    # control_after_generate, seed_stride, fps, run_name, on_existing_run, boundary,
+    # pose_palette, pose_loop
+    return [mode, clips, 81, *size, 50, cfg, "euler", "simple", 5.0, 0, "fixed", 42, fps,
+            run, "resume or new", 0.875, *pose]  # fmt: skip
 
 
 # Stored node sizes: at least what ComfyUI's frontends draw for each node (LiteGraph's
@@ -224,7 +246,7 @@ SIZES: dict[str, list[int]] = {
     "CLIPLoader": [320, 110],
     "CLIPVisionLoader": [320, 60],
     "LoadImage": [320, 340],
-    "SVILoraLoader": [320, 90],
+    "SVILoraLoader": [320, 114],
     "SVIToyModels": [320, 150],
     "ModelPatchLoader": [320, 60],
     "AudioEncoderLoader": [320, 60],
@@ -314,9 +336,9 @@ def pro() -> dict[str, Any]:
     ])  # fmt: skip
     speed_high, speed_low, stream = _stack(440, [
         {"id": 8, "type": "SVILoraLoader", "mode": 4, "title": "Speed LoRA high (0.5)",
-         "widgets": [SPEED_HIGH, 0.5]},
+         "widgets": [SPEED_HIGH, 0.5, ""]},
         {"id": 9, "type": "SVILoraLoader", "mode": 4, "title": "Speed LoRA low (1.0)",
-         "widgets": [SPEED_LOW, 1.0]},
+         "widgets": [SPEED_LOW, 1.0, ""]},
         {"id": 5, "type": "SVIPromptStream", "size": [420, 320], "widgets": [prompts, 0, ""]},
     ])  # fmt: skip
     spec = [
@@ -348,7 +370,7 @@ def toy() -> dict[str, Any]:
     """The toy CPU demo: shipped toy models, 20 clips of 13 frames at 64x48, then the drift
     report."""
     widgets = ["tom", 20, 13, 64, 48, 10, 1.0, "euler", "simple", 5.0, 0, "fixed", 42, 16.0,
-               "svi_toy_demo", "resume or new", 0.875]  # fmt: skip
+               "svi_toy_demo", "resume or new", 0.875, *POSE_DEFAULTS]  # fmt: skip
     note = (
         "## Toy CPU demo (no download)\n\n"
         "**SVI Toy Models** loads the tiny toy Wan2.1 I2V models shipped with the pack "
@@ -406,33 +428,35 @@ def story() -> dict[str, Any]:
         "*Directing a long video*. Queue again with more lines for later clips to extend the "
         "story; lines for finished clips cannot change."
     )
-    spec = [
-        {"id": 1, "type": "SVIModelLoader", "pos": [0, 0], "size": [400, 240],
+    column = _stack(0, [
+        {"id": 1, "type": "SVIModelLoader",
          "widgets": [HIGH_MODEL, LORA_PRO_HIGH, 1.0, VAE, LOW_MODEL, LORA_PRO_LOW, "default"]},
-        {"id": 8, "type": "SVILoraLoader", "pos": [440, -220], "mode": 4,
-         "title": "Speed LoRA high (lightx2v)", "widgets": [SPEED_HIGH, 0.5, "lightx2v"]},
-        {"id": 9, "type": "SVILoraLoader", "pos": [440, -60], "mode": 4,
-         "title": "Speed LoRA low (lightx2v)", "widgets": [SPEED_LOW, 1.0, "lightx2v"]},
-        {"id": 2, "type": "CLIPLoader", "pos": [0, 280], "widgets": [UMT5, "wan", "default"]},
-        {"id": 4, "type": "LoadImage", "pos": [0, 420], "size": [300, 300], "title": "Start image",
+        {"id": 2, "type": "CLIPLoader", "widgets": [UMT5, "wan", "default"]},
+        {"id": 4, "type": "LoadImage", "title": "Start image", "widgets": ["example.png", "image"]},
+        {"id": 11, "type": "LoadImage", "title": "Keyframe A (end of clip 3)",
          "widgets": ["example.png", "image"]},
-        {"id": 11, "type": "LoadImage", "pos": [0, 760], "size": [300, 300],
-         "title": "Keyframe A (end of clip 3)", "widgets": ["example.png", "image"]},
-        {"id": 12, "type": "LoadImage", "pos": [320, 760], "size": [300, 300],
-         "title": "Scene 2 anchor (from clip 4)", "widgets": ["example.png", "image"]},
-        {"id": 13, "type": "LoadImage", "pos": [640, 760], "size": [300, 300],
-         "title": "Keyframe B (end of clip 6)", "widgets": ["example.png", "image"]},
-        {"id": 5, "type": "SVIPromptStream", "pos": [440, 100], "size": [420, 260],
-         "widgets": [prompts, 0, ""]},
-        {"id": 10, "type": "SVISchedule", "pos": [440, 400], "size": [520, 320],
-         "widgets": [STORY_SCHEDULE]},
-        {"id": 6, "type": "SVIInfiniteSampler", "pos": [1000, 0], "size": [420, 740],
+        {"id": 12, "type": "LoadImage", "title": "Scene 2 anchor (from clip 4)",
+         "widgets": ["example.png", "image"]},
+        {"id": 13, "type": "LoadImage", "title": "Keyframe B (end of clip 6)",
+         "widgets": ["example.png", "image"]},
+    ])
+    middle = _stack(440, [
+        {"id": 8, "type": "SVILoraLoader", "mode": 4, "title": "Speed LoRA high (lightx2v)",
+         "widgets": [SPEED_HIGH, 0.5, "lightx2v"]},
+        {"id": 9, "type": "SVILoraLoader", "mode": 4, "title": "Speed LoRA low (lightx2v)",
+         "widgets": [SPEED_LOW, 1.0, "lightx2v"]},
+        {"id": 5, "type": "SVIPromptStream", "size": [420, 260], "widgets": [prompts, 0, ""]},
+        {"id": 10, "type": "SVISchedule", "size": [520, 320], "widgets": [STORY_SCHEDULE]},
+    ])
+    spec = [
+        *column, *middle,
+        {"id": 6, "type": "SVIInfiniteSampler", "pos": [1000, 0], "size": [420, 760],
          "widgets": _sampler_widgets("v2_pro", 6, 5.0, 16.0, "svi_story")},
-        {"id": 7, "type": "MarkdownNote", "pos": [-460, 0], "size": [440, 720],
+        {"id": 7, "type": "MarkdownNote", "pos": [-480, 0], "size": [440, 720],
          "title": "Model files",
          "widgets": [_note(True, [LORA_PRO_HIGH, LORA_PRO_LOW,
-                                  f"{SPEED_HIGH} (optional speed LoRA)",
-                                  f"{SPEED_LOW} (optional speed LoRA)"], note_extra)]},
+                                  f"{SPEED_HIGH} (optional speed LoRA, {SPEED_SOURCE})",
+                                  f"{SPEED_LOW} (optional speed LoRA, {SPEED_SOURCE})"], note_extra)]},
     ]  # fmt: skip
     links = [
         (1, 0, 8, 0),
@@ -454,7 +478,7 @@ def story() -> dict[str, Any]:
 def talk() -> dict[str, Any]:
     """SVI-Talk: one portrait + speech of any length -> a talking video (Wan2.1 + MultiTalk)."""
     widgets = ["talk", 0, 81, 0, 0, 50, 2.0, "euler", "simple", 5.0, 0, "fixed", 42, 25.0,
-               "svi_talk", "resume or new", 0.875]  # fmt: skip
+               "svi_talk", "resume or new", 0.875, *POSE_DEFAULTS]  # fmt: skip
     extra = (
         "**models/model_patches/**\n"
         f"- `{MULTITALK}` (MeiGen-AI/MeiGen-MultiTalk: the MultiTalk audio layers SVI-Talk was "
@@ -495,6 +519,59 @@ def talk() -> dict[str, Any]:
     return _build(spec, links)
 
 
+def dance() -> dict[str, Any]:
+    """SVI-Dance: one image of a person + a skeleton video -> that person dancing (Wan2.1 + the
+    SVI-Dance LoRA and pose embedding)."""
+    how = (
+        f"`{LORA_DANCE}` (version-1.0) holds the SVI-Dance LoRA AND its pose embedding: load it "
+        "with the SVI loaders (ComfyUI's Load LoRA drops the pose embedding).\n\n"
+        "**input/** (Load Video and Load Image)\n"
+        f"- `{POSE_VIDEO}`: the skeleton (pose) video the dancer follows, and `example.png`: the "
+        "dancer (one person, full body; the video keeps the image's aspect, width up to 640).\n\n"
+        "## Getting a pose video\n"
+        "- The official example: `data/toy_test/dance/pose.mp4` in vita-epfl/Stable-Video-Infinity "
+        "(drawn by the official scripts: set **pose_palette official**).\n"
+        "- From any dance video, in ComfyUI: Load Video -> Get Video Components -> a pose node "
+        "(DWPose Estimator of comfyui_controlnet_aux, or core SDPose: SDPose Keypoint Extractor -> "
+        "SDPose Draw Keypoints), its image straight into **pose_video** (or saved with Save Video) "
+        "with **pose_palette rgb** (ComfyUI pose nodes draw RGB colours).\n"
+        "- Fitted to the dancer: **SVI Pose Align** draws the dance's POSE_KEYPOINT rescaled to the "
+        "dancer's own keypoints (POSE_KEYPOINT of the dancer image), as the official "
+        "run_align_pose.py does; connect it to pose_video with pose_palette rgb.\n\n"
+        "One pose frame drives one video frame (the pose video's frame rate is ignored). Pose "
+        "frames of another aspect are scaled and padded with black like the official code.\n\n"
+        "## Settings\n"
+        "Official: CFG 2 (the pose goes to both passes), 50 steps, shift 5, 25 fps, prompt "
+        '"the person is dancing". width/height 0 = from the image (width up to 640). clips 0 '
+        "= enough clips to play the pose video once (the official script makes 10 and loops the "
+        "pose); pose_loop decides what happens past its end."
+    )
+    sampler = _sampler_widgets("dance", 0, 2.0, 25.0, "svi_dance", size=(0, 0),
+                               pose=["official", "loop"])  # fmt: skip
+    spec = [
+        *_stack(0, [
+            {"id": 1, "type": "SVIModelLoader",
+             "widgets": [WAN21_MODEL, LORA_DANCE, 1.0, VAE, "none", "none", "default"]},
+            {"id": 2, "type": "CLIPLoader", "widgets": [UMT5, "wan", "default"]},
+            {"id": 3, "type": "CLIPVisionLoader", "widgets": [CLIP_VISION]},
+            {"id": 4, "type": "LoadImage", "widgets": ["example.png", "image"]},
+        ]),
+        *_stack(440, [
+            {"id": 5, "type": "SVIPromptStream", "size": [400, 200],
+             "widgets": ["the person is dancing", 0, ""]},
+            {"id": 8, "type": "LoadVideo", "size": [320, 340], "widgets": [POSE_VIDEO, "image"]},
+            {"id": 9, "type": "GetVideoComponents", "size": [240, 100]},
+        ]),
+        {"id": 6, "type": "SVIInfiniteSampler", "pos": [900, 0], "size": [420, 760],
+         "widgets": sampler},
+        {"id": 7, "type": "MarkdownNote", "pos": [-480, 0], "size": [440, 900], "title": "Model files",
+         "widgets": [_note(False, [LORA_DANCE], how)]},
+    ]  # fmt: skip
+    links = [(1, 0, 6, 0), (1, 2, 6, 1), (5, 0, 6, 2), (4, 0, 6, 3), (3, 0, 6, 5), (2, 0, 5, 0),
+             (8, 0, 9, 0), (9, 0, 6, 8)]  # fmt: skip
+    return _build(spec, links)
+
+
 BUILDERS = {
     "SVI-Shot_Wan2.1": shot,
     "SVI-Film_Wan2.1_prompt_stream": film,
@@ -502,6 +579,7 @@ BUILDERS = {
     "SVI-Toy_CPU_demo": toy,
     "SVI-Talk_Wan2.1": talk,
     "SVI-Story_keyframes_schedule": story,
+    "SVI-Dance_Wan2.1": dance,
 }
 
 
