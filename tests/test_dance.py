@@ -181,7 +181,9 @@ def test_a_longer_pose_video_extends_the_run(tmp_path) -> None:
     # a finished clip whose poses change is refused, naming the clip
     edited = longer.frames.clone()
     edited[12] = 99
-    with pytest.raises(RunMismatchError, match=r"clip 2 \(index 1\) is already made with extra\.pose="):
+    with pytest.raises(
+        RunMismatchError, match=r"clip 2 \(index 1\) is already made with extra\.pose="
+    ):
         go(tmp_path, dance(4), PoseCondition(PoseSequence(frames=edited)))
     # another palette or loop policy is another run
     with pytest.raises(RunMismatchError, match="clip_conditions"):

@@ -439,7 +439,7 @@ def story() -> dict[str, Any]:
          "widgets": ["example.png", "image"]},
         {"id": 13, "type": "LoadImage", "title": "Keyframe B (end of clip 6)",
          "widgets": ["example.png", "image"]},
-    ])
+    ])  # fmt: skip
     middle = _stack(440, [
         {"id": 8, "type": "SVILoraLoader", "mode": 4, "title": "Speed LoRA high (lightx2v)",
          "widgets": [SPEED_HIGH, 0.5, "lightx2v"]},
@@ -447,7 +447,7 @@ def story() -> dict[str, Any]:
          "widgets": [SPEED_LOW, 1.0, "lightx2v"]},
         {"id": 5, "type": "SVIPromptStream", "size": [420, 260], "widgets": [prompts, 0, ""]},
         {"id": 10, "type": "SVISchedule", "size": [520, 320], "widgets": [STORY_SCHEDULE]},
-    ])
+    ])  # fmt: skip
     spec = [
         *column, *middle,
         {"id": 6, "type": "SVIInfiniteSampler", "pos": [1000, 0], "size": [420, 760],
