@@ -12,6 +12,11 @@ Every input is checked before any model is loaded. The run directory (default
 ``<output>.run/``) makes the run resumable: rerun the same command after a crash or Ctrl-C,
 or with a larger ``--clips`` to extend a finished video.
 
+``--extend VIDEO`` continues any existing video instead of starting from ``--image`` (which
+then only sets the anchor; default: the video's first frame): the output is that video
+followed by ``--clips`` new clips (:mod:`svi_core.extend`). ``--drift-guard output|carry``
+corrects colour drift at the seams (:mod:`svi_core.drift_guard`; default off = official).
+
 ``report VIDEO --out DIR`` is forwarded to :func:`svi_core.report.main`; ``demo`` to
 :func:`svi_core.toy.demo.main`.
 """
@@ -28,7 +33,9 @@ from pathlib import Path
 import torch
 
 from .conditioning import check_frames, check_size, load_reference
+from .drift_guard import DEFAULT_WINDOW, GUARD_MODES, DriftGuard
 from .errors import Cancelled, SVIError
+from .extend import VideoStart, load_video_start
 from .log import logger
 from .loop import LoopInputs, RunResult, RunSettings, check_output, open_run, run_clips
 from .modes import MODES, ModeConfig, get_mode
@@ -124,7 +131,9 @@ class GenerateOptions:
     """Everything ``generate`` needs, checked (see :func:`options_from_args`).
 
     Attributes:
-        settings: mode + size + clip count. files: model files. image, prompts: inputs.
+        settings: mode + size + clip count. files: model files. image, prompts: inputs
+        (``image`` None when extending a video without an anchor image). start: the video
+        to continue (``--extend``), read and checked.
         output: the mp4. run_dir: the resumable run directory. device, dtype: where and in
         which dtype the DiT and text encoder run (the VAE and CLIP vision run in float32).
         batch_cfg: batch the CFG passes. progress: show tqdm bars.
@@ -132,7 +141,7 @@ class GenerateOptions:
 
     settings: RunSettings
     files: ModelFiles
-    image: Path
+    image: Path | None
     prompts: tuple[str, ...]
     output: Path
     run_dir: Path
@@ -140,6 +149,7 @@ class GenerateOptions:
     dtype: torch.dtype
     batch_cfg: bool = True
     progress: bool = True
+    start: VideoStart | None = None
 
 
 # ----- parsing ------------------------------------------------------------------------------
@@ -175,7 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="LoRA for --low-noise-model (repeatable)",
     )  # fmt: skip
     i = g.add_argument_group("inputs")
-    i.add_argument("--image", type=Path, required=True, help="reference (first) frame")
+    i.add_argument(
+        "--image", type=Path,
+        help="reference (first) frame; with --extend the anchor (default: the video's first frame)",
+    )  # fmt: skip
+    i.add_argument(
+        "--extend", type=Path, metavar="VIDEO",
+        help="continue this video: the output is VIDEO followed by --clips new clips",
+    )  # fmt: skip
     i.add_argument("--prompts", type=Path, help="prompt file (prompts = [...] or one per line)")
     i.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     i.add_argument("--negative", help="negative prompt (default: the mode's official one)")
@@ -195,6 +212,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--motion-frames", type=int, help="pixel-carry motion frames m")
     s.add_argument("--motion-latents", type=int, help="latent-carry motion latents k (Pro)")
     s.add_argument("--overlap", type=int, help="frames dropped per clip when stitching")
+    d = g.add_argument_group("drift guard (colour correction at the seams; default off)")
+    d.add_argument(
+        "--drift-guard", choices=list(GUARD_MODES), default="off",
+        help="output: correct the saved frames around each seam; carry: also the frames the "
+        "next clip continues from, so colour drift stops compounding",
+    )  # fmt: skip
+    d.add_argument(
+        "--guard-window", type=int, default=DEFAULT_WINDOW,
+        help=f"frames corrected on each side of a seam (default {DEFAULT_WINDOW})",
+    )  # fmt: skip
+    d.add_argument(
+        "--guard-strength", type=float, default=1.0,
+        help="0..1, how far colours are moved onto the anchor's (default 1)",
+    )  # fmt: skip
+    d.add_argument(
+        "--guard-contrast", action="store_true",
+        help="also match contrast and saturation, not only the mean colour",
+    )  # fmt: skip
     o = g.add_argument_group("output")
     o.add_argument("--output", type=Path, required=True, help="output .mp4")
     o.add_argument("--run-dir", type=Path, help="run directory (default <output>.run)")
@@ -280,10 +315,29 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         size = (mode.width, mode.height)
     else:
         size = None
-    reference = load_reference(args.image, mode, size)  # unreadable image -> SVIError
-    height, width = int(reference.shape[0]), int(reference.shape[1])
+    guard = DriftGuard(
+        args.drift_guard, args.guard_window, args.guard_strength, bool(args.guard_contrast)
+    )
+    guard.validate()
+    start = None
+    if args.extend is not None:
+        # the video sets the size (as an image would) and, unless --fps is given, the frame
+        # rate, so the original keeps its speed and can be joined by stream copy
+        start = load_video_start(args.extend, mode, size)  # undecodable / too short -> SVIError
+        if args.fps is None and start.fps:
+            mode = get_mode(mode, fps=start.fps)
+        width, height = start.size
+        if args.image is not None:
+            load_reference(args.image, mode, start.size)  # unreadable image -> SVIError
+    elif args.image is None:
+        raise SVIError("no start: pass --image FILE (the first frame), or --extend VIDEO")
+    else:
+        reference = load_reference(args.image, mode, size)  # unreadable image -> SVIError
+        height, width = int(reference.shape[0]), int(reference.shape[1])
     clips = args.clips if args.clips is not None else mode.clip_count(len(prompts))
-    settings = RunSettings(mode=mode, width=width, height=height, num_clips=clips, crf=args.crf)
+    settings = RunSettings(
+        mode=mode, width=width, height=height, num_clips=clips, crf=args.crf, drift_guard=guard
+    )
     settings.validate()
     output = args.output
     if output.suffix.lower() != ".mp4":
@@ -316,6 +370,7 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         dtype=dtype,
         batch_cfg=not args.no_batch_cfg,
         progress=not args.no_progress,
+        start=start,
     )
 
 
@@ -380,9 +435,18 @@ def build_backend(opts: GenerateOptions):
 def generate(opts: GenerateOptions, backend=None) -> RunResult:
     """Run (or resume / extend) a generation; ``backend`` defaults to :func:`build_backend`."""
     mode = opts.settings.mode
-    reference = load_reference(opts.image, mode, (opts.settings.width, opts.settings.height))
+    size = (opts.settings.width, opts.settings.height)
+    if opts.image is not None:
+        reference = load_reference(opts.image, mode, size)
+    elif opts.start is not None:
+        reference = opts.start.first  # the anchor: the video's first frame
+    else:
+        raise SVIError("no start: pass --image FILE (the first frame), or --extend VIDEO")
     inputs = LoopInputs(
-        reference=reference, prompts=opts.prompts, fingerprints=opts.files.fingerprints()
+        reference=reference,
+        prompts=opts.prompts,
+        fingerprints=opts.files.fingerprints(),
+        start=opts.start,
     )
     # the run directory and the output are checked (and the run locked) before any model loads
     check_output(opts.output)

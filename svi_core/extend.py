@@ -141,6 +141,13 @@ class VideoStart:
                 f"{need} ({'4k + 1 frames for the carried latent' if mode.carry == 'latent' else 'the motion frames'}). "
                 "Use a longer video"
             )
+        o = mode.overlap_frames
+        if mode.stitch == "drop_tail" and mode.frames - 2 * o < 1:
+            raise SVIError(
+                f"{self.name}: a {mode.frames}-frame clip that continues a video drops the {o} "
+                f"frames it re-renders and its {o}-frame tail, which leaves no frame; use at "
+                f"least {2 * o + 1} frames per clip (81 official)"
+            )
         have = int(self.last.shape[0])
         if have < min(end_frames_needed(mode), self.frames):
             raise SVIError(
@@ -274,7 +281,7 @@ def load_video_start(
         fps=float(fps) if fps else None,
         source_size=(w, h),
         size=(int(target[0]), int(target[1])),
-        first=torch.from_numpy(first),
+        first=torch.from_numpy(first.copy()),
         last=torch.from_numpy(np.stack([resize_frame(f, target) for f in tail])),
         path=p,
         has_audio=has_audio,

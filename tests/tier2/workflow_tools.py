@@ -47,6 +47,8 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
             ("reference_image", "IMAGE"),
             ("low_noise_model", "MODEL"),
             ("clip_vision", "CLIP_VISION"),
+            ("extend_video", "VIDEO"),
+            ("extend_images", "IMAGE"),
         ],
         [("video", "VIDEO"), ("last_latent", "LATENT"), ("last_frames", "IMAGE")],
     ),
@@ -148,9 +150,10 @@ def _build(spec: list[dict[str, Any]], links: list[tuple[int, int, int, int]]) -
 
 def _sampler_widgets(mode: str, clips: int, cfg: float, fps: float, run: str) -> list[Any]:
     # mode, clips, frames, width, height, steps, cfg, sampler, scheduler, shift, seed,
-    # control_after_generate, seed_stride, fps, run_name, on_existing_run, boundary
+    # control_after_generate, seed_stride, fps, run_name, on_existing_run, boundary,
+    # drift_guard, guard_window
     return [mode, clips, 81, 832, 480, 50, cfg, "euler", "simple", 5.0, 0, "fixed", 42, fps,
-            run, "resume or new", 0.875]  # fmt: skip
+            run, "resume or new", 0.875, "off", 16]  # fmt: skip
 
 
 def shot() -> dict[str, Any]:
@@ -245,7 +248,7 @@ def toy() -> dict[str, Any]:
     """The toy CPU demo: shipped toy models, 20 clips of 13 frames at 64x48, then the drift
     report (about a minute on a CPU)."""
     widgets = ["tom", 20, 13, 64, 48, 10, 1.0, "euler", "simple", 5.0, 0, "fixed", 42, 16.0,
-               "svi_toy_demo", "resume or new", 0.875]  # fmt: skip
+               "svi_toy_demo", "resume or new", 0.875, "off", 16]  # fmt: skip
     note = (
         "## Toy CPU demo (no download)\n\n"
         "**SVI Toy Models** loads the tiny toy Wan2.1 I2V models shipped with the pack "
@@ -254,7 +257,10 @@ def toy() -> dict[str, Any]:
         "minute, then **SVI Drift Report** measures how the video drifts clip by clip and "
         "writes report.json / report.png into output/svi/svi_toy_demo/.\n\n"
         "The toy pictures are blocky and drift visibly in colour: it shows the pipeline and "
-        "the report working, not a real model."
+        "the report working, not a real model.\n\n"
+        "**Drift guard switch:** set the sampler's drift_guard to `carry` (or `output`) and "
+        "queue again: the colour is matched to the start image at every seam and the report's "
+        "colour ΔE stays low (a new run folder is made; `off` is the official SVI)."
     )
     spec = [
         {"id": 1, "type": "SVIToyModels", "pos": [0, 0], "size": [320, 200], "widgets": [3]},
