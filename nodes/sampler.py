@@ -60,7 +60,9 @@ def _settings(kwargs: dict[str, Any], prompts: EncodedPrompts, image: torch.Tens
             "extend: using the video's frame rate %g fps (fps input: %g)", start.fps, mode.fps
         )
         mode = get_mode(mode, fps=start.fps)
-    guard = DriftGuard(kwargs.get("drift_guard", "off"), kwargs.get("guard_window", DEFAULT_WINDOW))
+    guard = DriftGuard(
+        kwargs.get("drift_guard") or "off", kwargs.get("guard_window") or DEFAULT_WINDOW
+    )
     clips = kwargs["clips"] or mode.clip_count(len(prompts.texts))
     settings = RunSettings(
         mode=mode, width=size[0], height=size[1], num_clips=clips, drift_guard=guard

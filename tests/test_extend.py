@@ -79,6 +79,12 @@ def test_an_extended_run_has_the_length_of_a_longer_run_and_keeps_the_original(t
     assert manifest["prefix"]["stream_copy"] is True
     assert (ext.run_dir / "segments/prefix.mp4").read_bytes() == short.video.read_bytes()
     assert manifest["inputs"]["extend"] == start.fingerprint
+    # the drift report sees the original as span 0, then the new clips
+    from svi_core.report import layout_from_run
+
+    spans, _, _ = layout_from_run(str(ext.run_dir))
+    assert (spans[0].start, spans[0].end) == (0, len(original)) and len(spans) == 3
+    assert spans[-1].end == len(extended)
 
 
 def test_pixel_carry_comes_from_the_videos_last_frames(tmp_path):
