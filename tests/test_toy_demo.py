@@ -29,3 +29,12 @@ def test_short_demo_writes_video_and_report(tmp_path):
 def test_demo_cli_rejects_bad_counts(tmp_path):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--clips", "0"])
+
+
+def test_demo_drift_guard_switch(tmp_path):
+    res = run_demo(tmp_path / "g", clips=2, scene=5, steps=2, plot=False, frames=5,
+                   drift_guard="carry")  # fmt: skip
+    manifest = json.loads((res.run_dir / "manifest.json").read_text())
+    assert manifest["settings"]["drift_guard"]["mode"] == "carry"
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--drift-guard", "sometimes"])
