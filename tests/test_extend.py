@@ -110,21 +110,20 @@ def test_frames_are_resized_as_the_reference_is(tmp_path):
     assert np.array_equal(start.last[-1].numpy(), resize_frame(frames[-1], (W, H)))
 
 
-def test_latent_carry_encodes_one_clip_of_the_videos_last_frames(tmp_path):
+def test_latent_carry_encodes_the_videos_last_4k_plus_1_frames(tmp_path):
     frames = some_video(tmp_path / "in.mp4", n=14)
     s = settings("v2_pro", clips=1, frames=9)
     start = load_video_start(tmp_path / "in.mp4", s.mode, (W, H))
     be, res = run(tmp_path, s, start=start)
-    # the last 9 frames (one clip, 4j + 1 = 9) in one encode; the carry is its last latent
-    want = be.encode(frames_to_pixels(torch.from_numpy(frames[-9:])))[:, :, -1:]
-    assert torch.equal(be.requests[0].cond_latent[:, :, 1:2], want)
+    # the last 5 frames (4k + 1, k = 1) in one causal encode; the carry is its last latent
+    want = be.encode(frames_to_pixels(torch.from_numpy(frames[-5:])))
+    assert want.shape[2] == 2
+    assert torch.equal(be.requests[0].cond_latent[:, :, 1:2], want[:, :, -1:])
     assert res.frames == 14 + 9 - 5  # the first new clip drops the 1 + 4k re-rendered frames
-    # a video shorter than a clip: the largest 4j + 1 it has (never below 4k + 1 = 5)
-    some_video(tmp_path / "short.mp4", n=7)
-    start = load_video_start(tmp_path / "short.mp4", s.mode, (W, H))
-    be = FakeBackend(clip_vision=False)
-    carry = start.carry(be, s.mode)
-    assert carry.latent.shape[2] == 2  # 5 frames -> 2 latent frames
+    s2 = settings("v2_pro", clips=1, frames=13, motion_latents=2)
+    start = load_video_start(tmp_path / "in.mp4", s2.mode, (W, H))
+    carry = start.carry(FakeBackend(clip_vision=False), s2.mode)
+    assert carry.latent.shape[2] == 3  # 9 frames -> 3 latent frames, the last 2 carried
 
 
 def test_a_video_that_does_not_join_by_stream_copy_is_re_encoded_once(tmp_path, caplog):
