@@ -164,3 +164,68 @@ def image_to_pose_frames(image: torch.Tensor) -> torch.Tensor:
         )
     x = image[..., :3].detach().float().cpu()
     return (x * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+def frames_to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE ``[B, H, W, C]`` in [0, 1] -> uint8 frames ``[B, H, W, 3]`` (rounded, as
+    :func:`reference_from_image` rounds the first frame)."""
+    px = image_to_pixels(image)  # validates the layout, drops alpha, greys -> RGB
+    return ((px[0].permute(1, 2, 3, 0) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def video_file_path(video) -> str | None:
+    """The file behind a ComfyUI VIDEO when it is a whole file on disk (so it can be read as
+    it is and joined by stream copy), else None (in memory, trimmed, or made of frames)."""
+    get_source = getattr(video, "get_stream_source", None)
+    if get_source is None:
+        return None
+    source = get_source()
+    if not isinstance(source, str) or not os.path.isfile(source):
+        return None
+    trim = getattr(video, "get_active_trim_window", None)
+    if trim is not None and tuple(trim()) != (0.0, 0.0):
+        return None
+    return source
+
+
+def start_from_inputs(video, images, mode, size: tuple[int, int] | None):
+    """The :class:`~svi_core.extend.VideoStart` of the sampler's ``extend_video`` (a ComfyUI
+    VIDEO) or ``extend_images`` (an IMAGE batch) input, or None when neither is connected.
+
+    ``size`` ``(W, H)``: the run size, or None to derive it from the video per the mode.
+    A VIDEO that is a file on disk is read from the file (one frame in memory at a time, and
+    it can be joined by stream copy); any other VIDEO is taken from its frames.
+
+    Raises:
+        SVIError: both inputs connected, or a video that cannot be decoded or is too short.
+    """
+    from fractions import Fraction
+
+    from ..svi_core.conditioning import reference_size
+    from ..svi_core.extend import load_video_start, video_start_from_frames
+
+    if video is not None and images is not None:
+        raise SVIError("connect either extend_video or extend_images to continue a video, not both")
+    if video is None and images is None:
+        return None
+    if video is not None:
+        path = video_file_path(video)
+        if path is not None:
+            return load_video_start(path, mode, size)
+        try:
+            parts = video.get_components()
+        except Exception as e:  # the VIDEO's own decoder (PyAV) failed
+            raise SVIError(
+                f"extend_video cannot be decoded ({e}); connect a readable video"
+            ) from None
+        frames, rate = parts.images, parts.frame_rate
+        name = "extend_video"
+    else:
+        frames, rate, name = images, None, "extend_images"
+    if frames is None or frames.ndim != 4 or frames.shape[0] == 0:
+        raise SVIError(f"{name} has no frames; connect a video with frames")
+    u8 = frames_to_uint8(frames)
+    if size is None:
+        size = reference_size(mode, int(u8.shape[2]), int(u8.shape[1]))
+    fps = float(Fraction(rate)) if rate else None
+    return video_start_from_frames(u8, mode, size, fps=fps, name=name)

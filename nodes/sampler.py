@@ -20,15 +20,17 @@ from comfy_api.latest import InputImpl, io, ui
 
 from ..svi_core import limits as L
 from ..svi_core.conditioning import reference_size
+from ..svi_core.drift_guard import DEFAULT_WINDOW, GUARD_MODES, DriftGuard
 from ..svi_core.errors import Cancelled
 from ..svi_core.latents import denormalise
+from ..svi_core.log import logger
 from ..svi_core.loop import LoopInputs, RunSettings, prepare_run, run_clips
 from ..svi_core.modes import get_mode, mode_names
 from ..svi_core.pose import LOOP_POLICIES
 from ..svi_core.run_store import sha256_json
 from .backend import ComfyBackend
 from .checks import EXISTING_RUN, check_models, model_fingerprint, pick_run
-from .convert import reference_from_image, run_video
+from .convert import reference_from_image, run_video, start_from_inputs
 from .dance import LOOP_TOOLTIP, PALETTE_CHOICES, PALETTE_TOOLTIP, dance_parts
 from .lora_patch import schedule_loras
 from .prompts import EncodedPrompts, SVIPrompts
@@ -37,6 +39,7 @@ from .talk import SVICondition, check_talk_inputs
 
 
 def _settings(kwargs: dict[str, Any], prompts: EncodedPrompts, image: torch.Tensor):
+    """The run settings and the video to continue (None when not extending)."""
     cond = kwargs.get("condition")  # a per-clip condition node (SVI Talk Audio)
     mode = get_mode(
         kwargs["mode"],
@@ -57,13 +60,28 @@ def _settings(kwargs: dict[str, Any], prompts: EncodedPrompts, image: torch.Tens
         **(dict(cond.mode_overrides) if cond is not None else {}),
     )
     width, height = kwargs["width"], kwargs["height"]
-    if width == 0 or height == 0:
-        width, height = reference_size(mode, int(image.shape[2]), int(image.shape[1]))
+    size = (width, height) if width and height else None
+    start = start_from_inputs(kwargs.get("extend_video"), kwargs.get("extend_images"), mode, size)
+    if size is None:
+        size = (
+            start.size if start else reference_size(mode, int(image.shape[2]), int(image.shape[1]))
+        )
+    if start is not None and start.fps and start.fps != mode.fps:
+        logger.info(
+            "extend: using the video's frame rate %g fps (fps input: %g)", start.fps, mode.fps
+        )
+        mode = get_mode(mode, fps=start.fps)
+    guard = DriftGuard(
+        kwargs.get("drift_guard") or "off", kwargs.get("guard_window") or DEFAULT_WINDOW
+    )
     frames = cond.feature_frames if cond is not None else None
     pose = kwargs.get("pose_video")
     pose_frames = None if pose is None else int(pose.shape[0])
     clips = kwargs["clips"] or mode.clip_count(len(prompts.texts), frames, pose_frames=pose_frames)
-    return RunSettings(mode=mode, width=width, height=height, num_clips=clips)
+    settings = RunSettings(
+        mode=mode, width=size[0], height=size[1], num_clips=clips, drift_guard=guard
+    )
+    return settings, start
 
 
 def _inputs(
@@ -72,6 +90,7 @@ def _inputs(
     reference: torch.Tensor,
     mode,
     dance: tuple = ((), {}, {}),
+    start=None,
 ) -> Any:
     """The loop inputs of the node: the reference, the encoded prompts (keyed by their texts,
     so the run store never hashes conditioning tensors), the negative, and fingerprints of
@@ -104,6 +123,7 @@ def _inputs(
         fingerprints=fingerprints,
         prompt_keys=[sha256_json(t) for t in prompts.texts],
         conditions=conditions,
+        start=start,
     )
 
 
@@ -128,7 +148,9 @@ class SVIInfiniteSampler(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="The Wan2.1 VAE (wan_2.1_vae.safetensors)."),
                 SVIPrompts.Input("prompt_stream", tooltip="Prompts from SVI Prompt Stream."),
                 io.Image.Input(
-                    "reference_image", tooltip="The start image; stretched to width x height."
+                    "reference_image",
+                    tooltip="The start image (when extending a video: the anchor, e.g. its first "
+                    "frame); stretched to width x height.",
                 ),
                 io.Combo.Input(
                     "mode",
@@ -225,7 +247,8 @@ class SVIInfiniteSampler(io.ComfyNode):
                     min=L.FPS_RANGE[0],
                     max=L.FPS_RANGE[1],
                     step=1.0,
-                    tooltip="Frame rate of the saved video (official 24 on Wan2.1, 15 on Wan2.2).",
+                    tooltip="Frame rate of the saved video (official 24 on Wan2.1, 15 on Wan2.2); "
+                    "a video being extended keeps its own.",
                 ),
                 io.String.Input(
                     "run_name",
@@ -290,6 +313,36 @@ class SVIInfiniteSampler(io.ComfyNode):
                     optional=True,
                     tooltip=LOOP_TOOLTIP,
                 ),
+                io.Video.Input(
+                    "extend_video",
+                    optional=True,
+                    tooltip="A video to continue: the output is this video, unchanged, followed by "
+                    "the new clips (clip 1 continues from its last frames; its frame rate is used). "
+                    "reference_image is then the anchor.",
+                ),
+                io.Image.Input(
+                    "extend_images",
+                    optional=True,
+                    tooltip="Frames to continue (an IMAGE batch) instead of extend_video; encoded "
+                    "once in front of the new clips.",
+                ),
+                io.Combo.Input(
+                    "drift_guard",
+                    options=list(GUARD_MODES),
+                    default="off",
+                    optional=True,
+                    tooltip="Colour correction at the seams: off = official SVI; output = the saved "
+                    "frames around each seam are matched to the reference's colours; carry = also "
+                    "the frames the next clip continues from, so colour drift stops compounding.",
+                ),
+                io.Int.Input(
+                    "guard_window",
+                    default=DEFAULT_WINDOW,
+                    min=1,
+                    max=1000,
+                    optional=True,
+                    tooltip="Drift guard: frames corrected on each side of a seam.",
+                ),
             ],
             outputs=[
                 io.Video.Output(
@@ -315,7 +368,7 @@ class SVIInfiniteSampler(io.ComfyNode):
     def execute(cls, **kw: Any) -> io.NodeOutput:
         prompts: EncodedPrompts = kw["prompt_stream"]
         image: torch.Tensor = kw["reference_image"]
-        settings = _settings(kw, prompts, image)
+        settings, start = _settings(kw, prompts, image)
         settings.validate()
         mode = settings.mode
         check_models(mode, kw["model"], kw.get("low_noise_model"), kw.get("clip_vision"))
@@ -325,7 +378,7 @@ class SVIInfiniteSampler(io.ComfyNode):
             mode, kw["model"], kw.get("pose_video"), settings.width, settings.height,
             palette=kw.get("pose_palette", "rgb"), loop=kw.get("pose_loop", "loop"),
         )  # fmt: skip
-        inputs = _inputs(kw, prompts, reference, mode, dance)
+        inputs = _inputs(kw, prompts, reference, mode, dance, start)
         run = prepare_run(settings, inputs)
         store = pick_run(
             folder_paths.get_output_directory(), kw["run_name"], kw["on_existing_run"], run

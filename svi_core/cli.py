@@ -24,6 +24,11 @@ embedding::
     python -m svi_core generate --mode dance --pose pose.mp4 --image dancer.png \\
         --lora svi-dance.safetensors --model ... --vae ... --clip-vision ... --output dance.mp4
 
+``--extend VIDEO`` continues any existing video instead of starting from ``--image`` (which
+then only sets the anchor; default: the video's first frame): the output is that video
+followed by ``--clips`` new clips (:mod:`svi_core.extend`). ``--drift-guard output|carry``
+corrects colour drift at the seams (:mod:`svi_core.drift_guard`; default off = official).
+
 ``report VIDEO --out DIR`` is forwarded to :func:`svi_core.report.main`; ``demo`` to
 :func:`svi_core.toy.demo.main`.
 """
@@ -43,7 +48,9 @@ import torch
 from .checkpoints import check_safetensors_header, precheck_model_file
 from .clip_schedule import LoadedLora, Schedule, ScheduleCondition, load_schedule_file
 from .conditioning import load_reference, read_image
+from .drift_guard import DEFAULT_WINDOW, GUARD_MODES, DriftGuard
 from .errors import Cancelled, SVIError
+from .extend import VideoStart, load_video_start
 from .limits import size_problem
 from .log import logger
 from .loop import LoopInputs, RunResult, RunSettings, check_output, open_run, run_clips
@@ -157,7 +164,9 @@ class GenerateOptions:
     """Everything ``generate`` needs, checked (see :func:`options_from_args`).
 
     Attributes:
-        settings: mode + size + clip count. files: model files. image, prompts: inputs.
+        settings: mode + size + clip count. files: model files. image, prompts: inputs
+        (``image`` None when extending a video without an anchor image). start: the video
+        to continue (``--extend``), read and checked.
         output: the mp4. run_dir: the resumable run directory. device, dtype: where and in
         which dtype the DiT and text encoder run (the VAE and CLIP vision run in float32).
         batch_cfg: batch the CFG passes. progress: show tqdm bars.
@@ -169,7 +178,7 @@ class GenerateOptions:
 
     settings: RunSettings
     files: ModelFiles
-    image: Path
+    image: Path | None
     prompts: tuple[str, ...]
     output: Path
     run_dir: Path
@@ -181,6 +190,7 @@ class GenerateOptions:
     schedule: Schedule | None = None
     schedule_images: tuple[torch.Tensor, ...] = ()
     dance: DanceInputs | None = None
+    start: VideoStart | None = None
 
     def loaded_loras(self) -> tuple[LoadedLora, ...]:
         """The LoRAs of both models as a schedule names them."""
@@ -232,7 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="LoRA for --low-noise-model (repeatable)",
     )  # fmt: skip
     i = g.add_argument_group("inputs")
-    i.add_argument("--image", type=Path, required=True, help="reference (first) frame")
+    i.add_argument(
+        "--image", type=Path,
+        help="reference (first) frame; with --extend the anchor (default: the video's first frame)",
+    )  # fmt: skip
+    i.add_argument(
+        "--extend", type=Path, metavar="VIDEO",
+        help="continue this video: the output is VIDEO followed by --clips new clips",
+    )  # fmt: skip
     i.add_argument("--prompts", type=Path, help="prompt file (prompts = [...] or one per line)")
     i.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     i.add_argument("--negative", help="negative prompt (default: the mode's official one)")
@@ -276,6 +293,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--motion-frames", type=int, help="pixel-carry motion frames m")
     s.add_argument("--motion-latents", type=int, help="latent-carry motion latents k (Pro)")
     s.add_argument("--overlap", type=int, help="frames dropped per clip when stitching")
+    d = g.add_argument_group("drift guard (colour correction at the seams; default off)")
+    d.add_argument(
+        "--drift-guard", choices=list(GUARD_MODES), default="off",
+        help="output: correct the saved frames around each seam; carry: also the frames the "
+        "next clip continues from, so colour drift stops compounding",
+    )  # fmt: skip
+    d.add_argument(
+        "--guard-window", type=int, default=DEFAULT_WINDOW,
+        help=f"frames corrected on each side of a seam (default {DEFAULT_WINDOW})",
+    )  # fmt: skip
+    d.add_argument(
+        "--guard-strength", type=float, default=1.0,
+        help="0..1, how far colours are moved onto the anchor's (default 1)",
+    )  # fmt: skip
+    d.add_argument(
+        "--guard-contrast", action="store_true",
+        help="also match contrast and saturation, not only the mean colour",
+    )  # fmt: skip
     o = g.add_argument_group("output")
     o.add_argument("--output", type=Path, required=True, help="output .mp4")
     o.add_argument("--run-dir", type=Path, help="run directory (default <output>.run)")
@@ -443,12 +478,32 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
             size = (args.width, args.height)
     elif rules.resize == "fixed":
         size = (rules.width, rules.height)
-    # an unreadable image -> SVIError; with a bad size, only its readability is checked here
-    reference = problems.check(load_reference, args.image, rules, size)
+    guard = DriftGuard(
+        args.drift_guard, args.guard_window, args.guard_strength, bool(args.guard_contrast)
+    )
+    problems.check(guard.validate)
+    start: VideoStart | None = None
+    reference = None
+    if args.extend is not None:
+        # the video sets the size (as an image would) and, unless --fps is given, the frame
+        # rate, so the original keeps its speed and can be joined by stream copy
+        start = problems.check(load_video_start, args.extend, rules, size)
+        if start is not None:
+            if args.fps is None and start.fps:
+                rules = get_mode(rules, fps=start.fps)
+            if args.image is not None:  # the anchor: only its readability is checked here
+                problems.check(load_reference, args.image, rules, start.size)
+    elif args.image is None:
+        problems.add("no start: pass --image FILE (the first frame), or --extend VIDEO")
+    else:
+        # an unreadable image -> SVIError; with a bad size, only its readability is checked
+        reference = problems.check(load_reference, args.image, rules, size)
     output = args.output
     if output.suffix.lower() != ".mp4":
         problems.add(f"--output {output} must end in .mp4")
-    if reference is not None:
+    if start is not None:
+        width, height = start.size
+    elif reference is not None:
         height, width = int(reference.shape[0]), int(reference.shape[1])
     else:  # a valid stand-in: the size's own problems are listed above
         width, height = rules.width, rules.height
@@ -459,9 +514,11 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
     clips = args.clips
     if clips is None:
         clips = rules.clip_count(len(prompts or [""]), audio_frames, pose_frames=pose_frames)
-    settings = RunSettings(mode=rules, width=width, height=height, num_clips=clips, crf=args.crf)
+    settings = RunSettings(
+        mode=rules, width=width, height=height, num_clips=clips, crf=args.crf, drift_guard=guard
+    )
     problems.check(settings.validate)  # clip count, crf, the last clip's seed
-    if schedule is not None and reference is not None:  # its lines against this run
+    if schedule is not None and (reference is not None or start is not None):  # vs this run
         condition = ScheduleCondition(
             schedule,
             images=schedule_images,
@@ -502,6 +559,7 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         schedule=schedule,
         schedule_images=schedule_images,
         dance=dance,
+        start=start,
     )
 
 
@@ -593,7 +651,13 @@ def build_backend(opts: GenerateOptions):
 def generate(opts: GenerateOptions, backend=None) -> RunResult:
     """Run (or resume / extend) a generation; ``backend`` defaults to :func:`build_backend`."""
     mode = opts.settings.mode
-    reference = load_reference(opts.image, mode, (opts.settings.width, opts.settings.height))
+    size = (opts.settings.width, opts.settings.height)
+    if opts.image is not None:
+        reference = load_reference(opts.image, mode, size)
+    elif opts.start is not None:
+        reference = opts.start.first  # the anchor: the video's first frame
+    else:
+        raise SVIError("no start: pass --image FILE (the first frame), or --extend VIDEO")
     fingerprints = opts.files.fingerprints()
     conditions = ()
     if opts.talk is not None:
@@ -609,6 +673,7 @@ def generate(opts: GenerateOptions, backend=None) -> RunResult:
         prompts=opts.prompts,
         fingerprints=fingerprints,
         conditions=conditions,
+        start=opts.start,
     )
     # the run directory and the output are checked (and the run locked) before any model loads
     check_output(opts.output)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+import numpy as np
 import torch
 
 from . import limits
@@ -43,7 +44,9 @@ from .conditioning import (
     quantise_frames,
 )
 from .conditions import ClipCondition, ClipPlan, conditions_identity
+from .drift_guard import ColourTransfer, DriftGuard, guard_clip
 from .errors import Cancelled, SVIError
+from .extend import VideoStart, prefix_identity
 from .latents import LATENT_CHANNELS
 from .log import logger
 from .modes import ModeConfig
@@ -74,6 +77,8 @@ class RunSettings:
         width, height: video size in pixels (multiples of 16).
         num_clips: clips to have in the run when done (a finished run can be extended).
         crf: x264 quality of the streamed segments.
+        drift_guard: colour correction at the seams (:mod:`svi_core.drift_guard`; off =
+            official SVI).
     """
 
     mode: ModeConfig
@@ -81,6 +86,7 @@ class RunSettings:
     height: int
     num_clips: int
     crf: int = DEFAULT_CRF
+    drift_guard: DriftGuard = field(default_factory=DriftGuard)
 
     def identity(self) -> dict[str, Any]:
         """The JSON-able settings a run directory is bound to (everything but ``num_clips``
@@ -89,6 +95,7 @@ class RunSettings:
         d = dataclasses.asdict(self.mode)
         d.pop("lora", None)
         d.update(width=self.width, height=self.height, crf=self.crf)
+        d["drift_guard"] = self.drift_guard.identity()
         return d
 
     def validate(self) -> None:
@@ -105,6 +112,10 @@ class RunSettings:
         ]
         if isinstance(self.num_clips, int) and 1 <= self.num_clips <= limits.MAX_CLIPS:
             problems.append(limits.seed_problem(m.seed_base, m.seed_stride, self.num_clips))
+        try:
+            self.drift_guard.validate()
+        except SVIError as e:
+            problems.append(str(e))
         found = [p for p in problems if p]
         if found:
             raise SVIError("; ".join(found))
@@ -117,7 +128,7 @@ def identity_defaults() -> dict[str, Any]:
     the earlier behaviour), no per-clip conditions, and no extra inputs. Used when a run
     directory made by an earlier version is resumed.
     """
-    out: dict[str, Any] = {"clip_conditions": {}}
+    out: dict[str, Any] = {"clip_conditions": {}, "drift_guard": DriftGuard().identity()}
     for f in dataclasses.fields(ModeConfig):
         if f.default is not dataclasses.MISSING:
             out[f.name] = json.loads(json.dumps(f.default))
@@ -179,6 +190,9 @@ class LoopInputs(Generic[P]):
             the item (give the prompt texts' hashes when items are large conditioning tensors).
         conditions: the run's per-clip conditions (:mod:`svi_core.conditions`), applied in
             this order to every clip's plan.
+        start: a video to continue (:mod:`svi_core.extend`): clip 0 continues from its end
+            and the output is that video followed by the clips; None = start from
+            ``reference``.
     """
 
     reference: torch.Tensor
@@ -187,6 +201,7 @@ class LoopInputs(Generic[P]):
     fingerprints: Mapping[str, str] | None = None
     prompt_keys: Sequence[str] | None = None
     conditions: tuple[ClipCondition, ...] = field(default=())
+    start: VideoStart | None = None
 
 
 @dataclass(frozen=True)
@@ -231,21 +246,30 @@ def clip_noise(seed: int, latent_frames: int, height: int, width: int) -> torch.
     )
 
 
-def stitch(
-    mode: ModeConfig, index: int, frames: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Split a clip's uint8 frames ``[F, H, W, 3]`` into (kept, tail).
+def stitch_bounds(
+    mode: ModeConfig, index: int, frames: int, continues: bool = False
+) -> tuple[int, int]:
+    """``(first_kept, seam)`` of a clip of ``frames`` frames: the stitched video keeps frames
+    ``[first_kept, seam)``; frames from ``seam`` on are its tail (drop_tail: the next clip
+    replaces them; they end the video only if this clip is the last).
 
-    ``drop_tail``: kept = all but the last ``overlap`` frames, tail = those frames (they end the
-    video only if this clip is the last). ``drop_head``: clip 0 keeps everything, later clips
-    drop their first ``overlap`` frames; no tail.
+    ``drop_tail``: seam = F - overlap; ``drop_head``: seam = F, and every clip after the first
+    drops its first ``overlap`` frames. ``continues``: clip 0 continues a video (extend), so it
+    also drops the ``overlap`` frames it re-renders from the video's end, and the video is
+    kept whole.
     """
     o = mode.overlap_frames
-    if mode.stitch == "drop_tail":
-        if o == 0:
-            return frames, None
-        return frames[:-o], frames[-o:]
-    return (frames if index == 0 else frames[o:]), None
+    head = o if (index > 0 and mode.stitch == "drop_head") or (index == 0 and continues) else 0
+    seam = frames - o if mode.stitch == "drop_tail" else frames
+    return head, seam
+
+
+def stitch(
+    mode: ModeConfig, index: int, frames: torch.Tensor, continues: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Split a clip's uint8 frames ``[F, H, W, 3]`` into (kept, tail) (:func:`stitch_bounds`)."""
+    head, seam = stitch_bounds(mode, index, int(frames.shape[0]), continues)
+    return frames[head:seam], (frames[seam:] if seam < frames.shape[0] else None)
 
 
 @dataclass(frozen=True)
@@ -354,6 +378,8 @@ def validate_inputs(settings: RunSettings, inputs: LoopInputs[Any]) -> PromptStr
         )
     for condition in inputs.conditions:
         condition.validate(settings)
+    if inputs.start is not None:
+        inputs.start.check(settings.mode, settings.width, settings.height)
     return PromptStream.for_mode(inputs.prompts, settings.mode)
 
 
@@ -382,6 +408,7 @@ def prepare_run(settings: RunSettings, inputs: LoopInputs[Any]) -> PreparedRun:
     fps = input_fingerprints(
         inputs.reference, inputs.prompts, inputs.fingerprints, negative=inputs.negative
     )
+    fps.update(prefix_identity(inputs.start))
     ident, fps = json.loads(json.dumps([ident, fps]))  # the manifest's JSON form
     identity = RunIdentity(settings=ident, inputs=fps, defaults=identity_defaults())
     return PreparedRun(
@@ -473,14 +500,81 @@ class _ClipMaker:
             )
         return frames
 
+    # ----- after decoding: the drift guard (post-decode hook) ------------------------------
+
+    @property
+    def continues(self) -> bool:
+        """Clip 0 continues a video (extend)."""
+        return self.run.inputs.start is not None
+
+    def finish(
+        self,
+        plan: ClipPlan,
+        latent: torch.Tensor,
+        transfer_in: ColourTransfer | None,
+        recorded: Mapping[str, torch.Tensor] | None = None,
+    ) -> FinishedClip:
+        """Decode a clip and apply the post-decode processing (the drift guard).
+
+        ``transfer_in``: the previous seam's colour transfer (None for clip 0). ``recorded``:
+        a finished clip's stored tensors; their transfers are reused (segment repair), so the
+        same frames come out.
+        """
+        mode = self.run.settings.mode
+        frames = self.frames(latent)
+        guard = self.run.settings.drift_guard
+        if not guard.on:
+            return FinishedClip(frames, carry_from_clip(mode, latent, frames), {}, None)
+        first_kept, seam = stitch_bounds(mode, plan.index, frames.shape[0], self.continues)
+        out = None
+        if recorded is not None:
+            out = ColourTransfer.from_array(recorded["guard_out"].numpy())
+            t_in = recorded.get("guard_in")
+            transfer_in = None if t_in is None else ColourTransfer.from_array(t_in.numpy())
+        g = guard_clip(
+            guard,
+            frames.numpy(),
+            plan.reference.numpy(),
+            first_kept=first_kept,
+            seam=seam,
+            transfer_in=transfer_in,
+            transfer_out=out,
+        )
+        state = {"guard_out": torch.from_numpy(g.transfer_out.to_array())}
+        if g.transfer_in is not None:
+            state["guard_in"] = torch.from_numpy(g.transfer_in.to_array())
+        corrected = torch.from_numpy(g.frames)
+        carry = carry_from_clip(
+            mode, latent, torch.from_numpy(np.ascontiguousarray(g.carry_frames))
+        )
+        return FinishedClip(corrected, carry, state, g.transfer_out)
+
     def repair(self, store: RunStore) -> Callable[[int], torch.Tensor]:
-        """A segment repair function: clip k's kept frames from its stored latent."""
+        """A segment repair function: clip k's kept frames from its stored latent (and the
+        drift guard's recorded transfers)."""
 
         def kept(k: int) -> torch.Tensor:
-            latent = store.load_state(k)["latent"]
-            return stitch(self.run.settings.mode, k, self.frames(latent))[0]
+            state = store.load_state(k)
+            done = self.finish(self.run.plan(k), state["latent"], None, recorded=state)
+            return stitch(self.run.settings.mode, k, done.frames, self.continues)[0]
 
         return kept
+
+
+@dataclass(frozen=True)
+class FinishedClip:
+    """A decoded clip after the post-decode processing.
+
+    Attributes:
+        frames: uint8 ``[F, H, W, 3]`` for the video. carry: what the next clip continues from.
+        state: extra tensors for the clip file. transfer_out: the drift guard's transfer of
+        the seam after this clip (None when the guard is off).
+    """
+
+    frames: torch.Tensor
+    carry: Carry
+    state: dict[str, torch.Tensor]
+    transfer_out: ColourTransfer | None
 
 
 def _last_outputs(store: RunStore, mode: ModeConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -510,6 +604,16 @@ def _join(store: RunStore, output: str | Path, n: int, run: PreparedRun, maker: 
     for condition in finishers:
         video = condition.finish_video(video, Path(output), n, s, store.root)
     return video
+
+
+def _write_prefix(store: RunStore, start: VideoStart, settings: RunSettings) -> None:
+    """Write the video a run continues into the run directory (once; again if damaged)."""
+    mode = settings.mode
+
+    def write(target: Path, folder: Path) -> bool:
+        return start.write_prefix(target, mode.fps, settings.crf, folder)
+
+    store.set_prefix(start.fingerprint, start.frames, write)
 
 
 def run_clips(
@@ -557,9 +661,20 @@ def run_clips(
     else:
         logger.info("run %s already has %d clips; nothing to generate", store.root, start)
     carry: Carry | None = None
-    if 0 < start < settings.num_clips:
-        state = store.load_state(start - 1)
-        carry = Carry(motion_frames=state.get("motion"), latent=state["latent"])
+    transfer: ColourTransfer | None = None
+    try:
+        if inputs.start is not None:
+            _write_prefix(store, inputs.start, settings)
+        if start == 0 and inputs.start is not None and settings.num_clips > 0:
+            carry = inputs.start.carry(backend, mode)
+        elif 0 < start < settings.num_clips:
+            state = store.load_state(start - 1)
+            carry = Carry(motion_frames=state.get("motion"), latent=state["latent"])
+            if "guard_out" in state:
+                transfer = ColourTransfer.from_array(state["guard_out"].numpy())
+    except BaseException:
+        store.close()
+        raise
 
     generated = 0
     try:
@@ -577,9 +692,9 @@ def run_clips(
             )
             latent = backend.denoise(request, step_cb).float().cpu()
             del request
-            frames = maker.frames(latent)
-            kept, tail = stitch(mode, k, frames)
-            carry = carry_from_clip(mode, latent, frames)
+            done = maker.finish(plan, latent, transfer)
+            frames, carry, transfer = done.frames, done.carry, done.transfer_out
+            kept, tail = stitch(mode, k, frames, maker.continues)
             rec = store.commit_clip(
                 index=k,
                 seed=plan.seed,
@@ -591,11 +706,12 @@ def run_clips(
                 fps=mode.fps,
                 crf=settings.crf,
                 plan=plan.identity(),
+                extra_state=done.state,
             )
             generated += 1
             if on_clip is not None:
                 on_clip(ClipResult(record=rec, kept=kept, latent=latent, plan=plan))
-            del frames, kept, tail, latent
+            del frames, kept, tail, latent, done
             _release_heap()
     except Cancelled:
         try:

@@ -57,7 +57,8 @@ def load_anchor(path: str, height: int, width: int) -> np.ndarray:
 def layout_from_run(run_dir: str) -> tuple[list[ClipSpan], int, int]:
     """(clip spans, clip_frames, overlap) of a run folder's stitched video, from its
     ``manifest.json`` (``svi_core.run_store``): clip k starts after the frames kept by clips
-    0..k-1; the last clip also owns its tail."""
+    0..k-1; the last clip also owns its tail. A run that continues a video (extend) starts
+    with that video as span 0 (drift is then measured against the original)."""
     path = Path(run_dir) / "manifest.json"
     if not path.is_file():
         raise SVIError(
@@ -70,10 +71,14 @@ def layout_from_run(run_dir: str) -> tuple[list[ClipSpan], int, int]:
         if not clips:
             raise SVIError(f"report: {path} lists no finished clip")
         spans, start = [], 0
+        prefix = data.get("prefix")
+        if isinstance(prefix, dict) and int(prefix.get("frames", 0)) > 0:
+            start = int(prefix["frames"])
+            spans.append(ClipSpan(0, 0, start))
         for i, c in enumerate(clips):
             tail = int(c.get("tail_frames") or 0) if i == len(clips) - 1 else 0
             n = int(c["frames_kept"]) + tail
-            spans.append(ClipSpan(i, start, start + n))
+            spans.append(ClipSpan(len(spans), start, start + n))
             start += n
         settings = data.get("settings", {})
         frames = int(settings.get("frames", 0) or 0)

@@ -11,6 +11,8 @@ Layout::
                                     drop_tail modes, the uint8 frames a following clip replaces
       segments/clip_00000.mp4       the frames this clip keeps in the stitched video
       segments/tail_00003.mp4       the last clip's tail, written when the video is joined
+      segments/prefix.mp4           a run that extends a video: that video (copied or
+                                    re-encoded once), joined in front of the clips
 
 Every file is written to a temporary sibling and moved into place with ``os.replace``; the
 manifest is rewritten last. The segment of clip k is encoded in a background thread while
@@ -525,6 +527,7 @@ class RunStore:
         crf: int,
         plan: Mapping[str, Any] | None = None,
         background: bool = True,
+        extra_state: Mapping[str, torch.Tensor] | None = None,
     ) -> ClipRecord:
         """Persist a finished clip; it counts as done only once the manifest lists it.
 
@@ -537,6 +540,8 @@ class RunStore:
             kept: uint8 ``[N, H, W, 3]`` frames this clip contributes to the video.
             tail: drop_tail modes: uint8 frames a following clip replaces; None otherwise.
             plan: the clip's plan identity (recorded; compared on resume).
+            extra_state: more tensors for the clip file (e.g. the drift guard's transfers),
+                returned by :meth:`load_state` like the others.
 
         Returns:
             The clip's record (its segment size and hash are filled in the manifest once the
@@ -555,6 +560,8 @@ class RunStore:
         has_tail = tail is not None and tail.shape[0] > 0
         if has_tail:
             tensors["tail"] = tail.detach().cpu().contiguous()
+        for key, value in (extra_state or {}).items():
+            tensors[key] = value.detach().cpu().contiguous()
         state = f"clips/{name}.safetensors"
         with disk_errors(f"clip {index} to {self.root / state}", self._keep_note()):
             atomic_write_bytes(self.root / state, save(tensors))
@@ -625,11 +632,88 @@ class RunStore:
         files = [self.root / r.segment for r in recs]
         if recs and recs[-1].tail is not None:
             files.append(self.root / recs[-1].tail)
+        prefix = self.prefix
+        if prefix is not None:
+            files.insert(0, self.root / prefix["segment"])
         return files
 
     def video_frames(self, num_clips: int | None = None) -> int:
         recs = self.records[: num_clips if num_clips is not None else None]
-        return sum(r.frames_kept for r in recs) + (recs[-1].tail_frames if recs else 0)
+        prefix = self.prefix
+        before = int(prefix["frames"]) if prefix is not None else 0
+        return before + sum(r.frames_kept for r in recs) + (recs[-1].tail_frames if recs else 0)
+
+    # ----- a video the run continues (extend) -------------------------------------------
+
+    @property
+    def prefix(self) -> dict[str, Any] | None:
+        """The video this run continues, joined in front of the clips, or None: ``segment``
+        (path in the run directory), ``frames``, ``source`` (the video's content fingerprint),
+        ``stream_copy`` (copied unchanged, or re-encoded), ``bytes`` and ``sha256`` of the
+        segment as written."""
+        value = self._manifest.get("prefix")
+        return dict(value) if isinstance(value, Mapping) else None
+
+    def prefix_problem(self) -> str | None:
+        """Why the prefix segment cannot go into the video (None when intact or absent)."""
+        prefix = self.prefix
+        if prefix is None:
+            return None
+        path = self.root / prefix["segment"]
+        if not path.is_file():
+            return "it is missing"
+        if path.stat().st_size != prefix["bytes"]:
+            return f"it has {path.stat().st_size} bytes, {prefix['bytes']} were written"
+        if sha256_file(path) != prefix["sha256"]:
+            return "its content changed since it was written"
+        return None
+
+    def set_prefix(
+        self, source: str, frames: int, write: Callable[[Path, Path], bool]
+    ) -> dict[str, Any]:
+        """Write the video this run continues as ``segments/prefix.mp4`` (when it is not
+        there intact for the same ``source``) and record it in the manifest.
+
+        ``write(target, folder) -> stream_copy`` writes the segment file ``target``
+        atomically (``folder`` may hold temporary files) and says whether it copied the
+        video unchanged; ``frames`` is its frame count. Only a run without finished clips may
+        gain a prefix it did not have.
+
+        Raises:
+            RunStoreError: the run already has clips without this prefix, or another one.
+        """
+        self.flush()
+        have = self.prefix
+        if have is not None and have.get("source") != source:
+            raise RunStoreError(
+                f"run directory {self.root} continues another video; use the same video to "
+                "resume, or another run directory"
+            )
+        if have is None and self.clips_done:
+            raise RunStoreError(
+                f"run directory {self.root} has {self.clips_done} clips that continue no video; "
+                "use another run directory to extend a video"
+            )
+        if have is not None and self.prefix_problem() is None:
+            return have
+        if have is not None:
+            logger.warning(
+                "the prefix segment of %s is damaged (%s); writing it again",
+                self.root,
+                self.prefix_problem(),
+            )
+        seg = "segments/prefix.mp4"
+        path = self.root / seg
+        with disk_errors(f"the video to continue ({path})", self._keep_note()):
+            copied = write(path, self.root / "segments")
+            record = {
+                "segment": seg,
+                "frames": int(frames),
+                "source": source,
+                "stream_copy": bool(copied),
+            } | {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+            self._write_manifest({**self._manifest, "prefix": record})
+        return record
 
     def _segment_problem(self, rec: ClipRecord) -> str | None:
         """Why clip ``rec``'s segment cannot go into the video, or None when it is intact."""
@@ -722,6 +806,12 @@ class RunStore:
         if not recs:
             raise RunStoreError(f"run directory {self.root} has no finished clip to join")
         self.verify_segments(len(recs), repair, fps, crf)
+        problem = self.prefix_problem()
+        if problem is not None:
+            raise RunStoreError(
+                f"run directory {self.root}: the video it continues (segments/prefix.mp4) is "
+                f"damaged ({problem}); rerun with the same video to extend so it is written again"
+            )
         last = recs[-1]
         if last.tail is not None:
             tail_path = self.root / last.tail

@@ -10,8 +10,10 @@ segment's frames at most (reading is a generator).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,19 +53,40 @@ def write_segment(
     The file appears under ``path`` only once complete (written to a temporary sibling, then
     ``os.replace``). H and W must be even (SVI sizes are multiples of 16).
     """
-    ff = _ffmpeg()
     arr = _as_uint8_frames(frames)
     n, h, w, _ = arr.shape
     if n == 0:
         raise ValueError("a segment needs at least one frame")
-    if h % 2 or w % 2:
-        raise ValueError(f"H.264 yuv420p needs an even size; got {w}x{h}")
+    write_frames_stream(path, iter(arr), w, h, fps, crf)
+    return Path(path)
+
+
+def write_frames_stream(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    width: int,
+    height: int,
+    fps: float,
+    crf: int = DEFAULT_CRF,
+) -> int:
+    """Encode uint8 ``[H, W, 3]`` frames from an iterable as one H.264 (yuv420p) mp4, the
+    encoder settings of :func:`write_segment`, atomically; one frame in memory at a time.
+
+    Returns the number of frames written.
+
+    Raises:
+        ValueError: an odd size, a frame of another size or type, or no frame at all (then
+            nothing is written).
+    """
+    ff = _ffmpeg()
+    if height % 2 or width % 2:
+        raise ValueError(f"H.264 yuv420p needs an even size; got {width}x{height}")
     path = Path(path)
     tmp = tmp_path_for(path)
     tmp.unlink(missing_ok=True)
     writer = ff.write_frames(
         str(tmp),
-        (w, h),
+        (width, height),
         fps=float(fps),
         codec="libx264",
         pix_fmt_out="yuv420p",
@@ -73,13 +96,26 @@ def write_segment(
         output_params=["-crf", str(int(crf)), "-preset", "medium", "-bf", "0", "-threads", "1"],
     )
     writer.send(None)
+    n = 0
     try:
-        for frame in arr:
+        for frame in frames:
+            if frame.dtype != np.uint8 or frame.shape != (height, width, 3):
+                raise ValueError(
+                    f"frame {n}: expected uint8 [{height}, {width}, 3]; got {frame.dtype} "
+                    f"{tuple(frame.shape)}"
+                )
             writer.send(np.ascontiguousarray(frame))
-    finally:
+            n += 1
+    except BaseException:
         writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    writer.close()
+    if n == 0:
+        tmp.unlink(missing_ok=True)
+        raise ValueError("a segment needs at least one frame")
     os.replace(tmp, path)
-    return path
+    return n
 
 
 class VideoReadError(SVIError):
@@ -424,3 +460,162 @@ def mp4_track_seconds(path: str | Path) -> dict[str, float]:
         if scale and handler not in out:
             out[handler] = duration / scale
     return out
+
+
+# ----- what an mp4's video track is made of (for joining by stream copy) -------------------
+
+
+@dataclass(frozen=True)
+class Mp4VideoTrack:
+    """The facts of an mp4's first video track that decide whether it can be joined to our
+    segments by stream copy (read from the ``moov`` tables, no decoding).
+
+    Attributes:
+        codec: the sample entry type (``avc1`` for H.264).
+        width, height: the coded picture size of the sample entry.
+        frames: number of samples (frames).
+        timescale: media time units per second (``mdhd``).
+        deltas: the distinct sample durations in ``stts`` (one value: constant frame rate).
+        decoder_config: the ``avcC`` box (SPS + PPS): H.264 streams with the same one decode
+            with the same parameters; empty when the entry has none.
+        edit_media_time: the first edit's media time (``elst``; 0 without an edit list).
+        edits: number of edit list entries.
+        has_audio: the file also holds an audio track.
+    """
+
+    codec: str
+    width: int
+    height: int
+    frames: int
+    timescale: int
+    deltas: tuple[int, ...]
+    decoder_config: bytes
+    edit_media_time: int
+    edits: int
+    has_audio: bool
+
+    @property
+    def fps(self) -> float | None:
+        """The constant frame rate, or None when the frame durations vary."""
+        if len(self.deltas) != 1 or self.deltas[0] == 0:
+            return None
+        return self.timescale / self.deltas[0]
+
+
+def _u32(data: bytes | memoryview, pos: int) -> int:
+    return int.from_bytes(data[pos : pos + 4], "big")
+
+
+def mp4_video_track(path: str | Path) -> Mp4VideoTrack:
+    """Read the first video track's codec, size, timing and decoder configuration.
+
+    Raises:
+        ValueError: not an mp4 / no ``moov`` box / no video track, or a damaged table.
+    """
+    path = Path(path)
+    moov = _read_moov(path)
+    tracks: list[dict[bytes, tuple[int, int]]] = []
+    nested = {b"trak", b"mdia", b"minf", b"stbl", b"edts"}
+
+    def walk(start: int, end: int, found: dict[bytes, tuple[int, int]]) -> None:
+        for kind, a, b in _boxes(moov, start, end):
+            if kind in nested:
+                walk(a, b, found)
+            else:
+                found.setdefault(kind, (a, b))
+
+    for kind, a, b in _boxes(moov, 0, len(moov)):
+        if kind == b"trak":
+            found: dict[bytes, tuple[int, int]] = {}
+            walk(a, b, found)
+            tracks.append(found)
+
+    def handler(t: dict[bytes, tuple[int, int]]) -> bytes:
+        h = t.get(b"hdlr")
+        return moov[h[0] + 8 : h[0] + 12] if h else b""
+
+    video = [t for t in tracks if handler(t) == b"vide"]
+    if not video:
+        raise ValueError(f"{path.name}: no video track")
+    t = video[0]
+    for need in (b"mdhd", b"stsd", b"stts", b"stsz"):
+        if need not in t:
+            raise ValueError(f"{path.name}: the video track has no {need.decode()} table")
+    m = t[b"mdhd"][0]
+    timescale = _u32(moov, m + 20) if moov[m] == 1 else _u32(moov, m + 12)
+    s = t[b"stsd"][0]
+    entry = s + 8  # version/flags, entry count
+    codec = bytes(moov[entry + 4 : entry + 8]).decode("latin-1")
+    body = entry + 8  # the visual sample entry's fields
+    width = int.from_bytes(moov[body + 24 : body + 26], "big")
+    height = int.from_bytes(moov[body + 26 : body + 28], "big")
+    config = b""
+    for kind, a, b in _boxes(moov, body + 78, entry + _u32(moov, entry)):
+        if kind == b"avcC":
+            config = bytes(moov[a - 8 : b])
+            break
+    st = t[b"stts"][0]
+    runs = _u32(moov, st + 4)
+    table = np.frombuffer(moov, dtype=">u4", count=2 * runs, offset=st + 8).reshape(-1, 2)
+    deltas = tuple(sorted({int(d) for c, d in table if c}))
+    frames = _u32(moov, t[b"stsz"][0] + 8)
+    edit_time, edits = 0, 0
+    if b"elst" in t:
+        e = t[b"elst"][0]
+        edits = _u32(moov, e + 4)
+        if edits:
+            if moov[e] == 1:
+                edit_time = int.from_bytes(moov[e + 16 : e + 24], "big", signed=True)
+            else:
+                edit_time = int.from_bytes(moov[e + 12 : e + 16], "big", signed=True)
+    return Mp4VideoTrack(
+        codec=codec,
+        width=width,
+        height=height,
+        frames=frames,
+        timescale=timescale,
+        deltas=deltas,
+        decoder_config=config,
+        edit_media_time=edit_time,
+        edits=edits,
+        has_audio=any(handler(x) == b"soun" for x in tracks),
+    )
+
+
+def stream_copy_problem(source: Mp4VideoTrack, ours: Mp4VideoTrack) -> str | None:
+    """Why ``source`` cannot be joined to segments like ``ours`` by stream copy, or None.
+
+    Both must be H.264 with the same size, the same constant frame rate, the same decoder
+    configuration (SPS/PPS: profile, level, frame-rate timing, entropy coding) and no edit
+    list that hides frames.
+    """
+    if source.codec != ours.codec:
+        return f"its codec is {source.codec!r}, the new clips are {ours.codec!r} (H.264)"
+    if (source.width, source.height) != (ours.width, ours.height):
+        return f"it is {source.width}x{source.height}, the new clips are {ours.width}x{ours.height}"
+    if source.fps is None:
+        return "its frame rate is not constant"
+    if ours.fps is None or abs(source.fps - ours.fps) > 1e-6 * ours.fps:
+        return f"it plays at {source.fps:g} fps, the new clips at {ours.fps:g} fps"
+    if source.edits > 1 or source.edit_media_time != ours.edit_media_time:
+        return "its edit list shifts or hides frames"
+    if source.decoder_config != ours.decoder_config:
+        return (
+            "its H.264 parameters (profile, level or encoder settings) differ from the new clips'"
+        )
+    return None
+
+
+def probe_video(path: str | Path) -> dict[str, Any]:
+    """ffmpeg's view of a video file without decoding it: ``size`` (w, h), ``fps``, ``codec``,
+    ``duration`` (imageio-ffmpeg's metadata).
+
+    Raises:
+        OSError / RuntimeError: ffmpeg cannot open it as a video.
+    """
+    ff = _ffmpeg()
+    gen = ff.read_frames(str(path), pix_fmt="rgb24")
+    try:
+        return dict(next(gen))
+    finally:
+        gen.close()

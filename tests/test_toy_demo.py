@@ -48,3 +48,12 @@ def test_demo_cli_draws_the_plot_without_matplotlib(tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert (tmp_path / "d" / "report.png").stat().st_size > 1000
+
+
+def test_demo_drift_guard_switch(tmp_path):
+    res = run_demo(tmp_path / "g", clips=2, scene=5, steps=2, plot=False, frames=5,
+                   drift_guard="carry")  # fmt: skip
+    manifest = json.loads((res.run_dir / "manifest.json").read_text())
+    assert manifest["settings"]["drift_guard"]["mode"] == "carry"
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--drift-guard", "sometimes"])

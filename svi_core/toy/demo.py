@@ -1,13 +1,15 @@
 """The embedded demo: a long toy video and its drift report from the shipped toy models.
 
     python -m svi_core demo [--out DIR] [--clips 20] [--scene 3] [--steps 10] [--no-lora]
+                            [--drift-guard off|output|carry]
 
 Runs the real SVI clip loop (``svi_core.loop.run_clips``, mode ``tom``: one motion frame, zero
 padding, mask on latent frame 0) with the real standalone backend over the tiny toy models in
 ``svi_core/assets`` -- no download, CPU only -- then writes ``report.json`` / ``report.png``
 (``svi_core.report``). The reference image is frame 0 of a held-out toy scene. When the toy SVI
 LoRA ships (``toy_svi_lora.safetensors``, trained with ERFT by ``experiments/toyworld``), it is
-applied unless ``--no-lora``.
+applied unless ``--no-lora``. ``--drift-guard`` turns on the colour correction at the seams
+(:mod:`svi_core.drift_guard`; the toy drifts in colour visibly, so ``carry`` shows what it does).
 """
 
 from __future__ import annotations
@@ -60,10 +62,13 @@ def run_demo(
     lora: str | Path | None = None,
     plot: bool = True,
     frames: int = TOY_FRAMES,
+    drift_guard: str = "off",
 ) -> DemoResult:
     """Generate ``clips`` toy clips into ``out_dir`` (resumable run folder ``out_dir/run``),
     join them into ``out_dir/toy_demo.mp4`` and write its drift report into ``out_dir``.
-    ``frames`` per clip (4k + 1) defaults to the length the toy models were trained on."""
+    ``frames`` per clip (4k + 1) defaults to the length the toy models were trained on;
+    ``drift_guard`` is ``off``, ``output`` or ``carry`` (:mod:`svi_core.drift_guard`)."""
+    from ..drift_guard import DriftGuard
     from ..loop import LoopInputs, RunSettings, run_clips
     from ..report import build_report, layout_from_run
 
@@ -83,7 +88,11 @@ def run_demo(
     reference = torch.from_numpy(ref.copy())
     backend = toy_backend(lora=lora)
     settings = RunSettings(
-        mode=toy_mode(steps, frames), width=TOY_WIDTH, height=TOY_HEIGHT, num_clips=clips
+        mode=toy_mode(steps, frames),
+        width=TOY_WIDTH,
+        height=TOY_HEIGHT,
+        num_clips=clips,
+        drift_guard=DriftGuard(drift_guard),
     )
     res = run_clips(
         backend,
@@ -115,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-lora", action="store_true", help="base toy model only (no toy SVI LoRA)")
     p.add_argument("--no-plot", action="store_true", help="write report.json only")
     p.add_argument(
+        "--drift-guard",
+        choices=["off", "output", "carry"],
+        default="off",
+        help="colour correction at the seams: output = the saved frames, carry = also the "
+        "frames the next clip continues from (off = official SVI)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=DEMO_THREADS,
@@ -134,7 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
-        r = run_demo(a.out, a.clips, a.scene, a.steps, lora, plot=not a.no_plot)
+        r = run_demo(
+            a.out, a.clips, a.scene, a.steps, lora, plot=not a.no_plot, drift_guard=a.drift_guard
+        )
     except RunStoreError as e:
         logger.error("error: %s (demo: pass another --out for other settings)", e)
         return 2

@@ -93,6 +93,8 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
             ("condition", "SVI_CONDITION"),
             ("schedule", "SVI_SCHEDULE"),
             ("pose_video", "IMAGE"),
+            ("extend_video", "VIDEO"),
+            ("extend_images", "IMAGE"),
         ],
         [("video", "VIDEO"), ("last_latent", "LATENT"), ("last_frames", "IMAGE")],
     ),
@@ -219,6 +221,7 @@ def _build(spec: list[dict[str, Any]], links: list[tuple[int, int, int, int]]) -
 
 
 POSE_DEFAULTS = ["rgb", "loop"]  # the sampler's pose_palette, pose_loop (after boundary)
+GUARD_DEFAULTS = ["off", 16]  # the sampler's drift_guard, guard_window (after pose_loop)
 
 
 def _sampler_widgets(
@@ -233,9 +236,9 @@ def _sampler_widgets(
 ) -> list[Any]:
     # mode, clips, frames, width, height, steps, cfg, sampler, scheduler, shift, seed,
     # control_after_generate, seed_stride, fps, run_name, on_existing_run, boundary,
-    # pose_palette, pose_loop
+    # pose_palette, pose_loop, drift_guard, guard_window
     return [mode, clips, 81, *size, 50, cfg, "euler", "simple", 5.0, 0, "fixed", 42, fps,
-            run, "resume or new", 0.875, *pose]  # fmt: skip
+            run, "resume or new", 0.875, *pose, *GUARD_DEFAULTS]  # fmt: skip
 
 
 # Stored node sizes: at least what ComfyUI's frontends draw for each node (LiteGraph's
@@ -370,7 +373,7 @@ def toy() -> dict[str, Any]:
     """The toy CPU demo: shipped toy models, 20 clips of 13 frames at 64x48, then the drift
     report."""
     widgets = ["tom", 20, 13, 64, 48, 10, 1.0, "euler", "simple", 5.0, 0, "fixed", 42, 16.0,
-               "svi_toy_demo", "resume or new", 0.875, *POSE_DEFAULTS]  # fmt: skip
+               "svi_toy_demo", "resume or new", 0.875, *POSE_DEFAULTS, *GUARD_DEFAULTS]  # fmt: skip
     note = (
         "## Toy CPU demo (no download)\n\n"
         "**SVI Toy Models** loads the tiny toy Wan2.1 I2V models shipped with the pack "
@@ -379,7 +382,10 @@ def toy() -> dict[str, Any]:
         "minute, then **SVI Drift Report** measures how the video drifts clip by clip and "
         "writes report.json / report.png into output/svi/svi_toy_demo/.\n\n"
         "The toy pictures are blocky and drift visibly in colour: it shows the pipeline and "
-        "the report working, not a real model."
+        "the report working, not a real model.\n\n"
+        "**Drift guard switch:** set the sampler's drift_guard to `carry` (or `output`) and "
+        "queue again: the colour is matched to the start image at every seam and the report's "
+        "colour ΔE stays low (a new run folder is made; `off` is the official SVI)."
     )
     spec = [
         *_stack(0, [
@@ -478,7 +484,7 @@ def story() -> dict[str, Any]:
 def talk() -> dict[str, Any]:
     """SVI-Talk: one portrait + speech of any length -> a talking video (Wan2.1 + MultiTalk)."""
     widgets = ["talk", 0, 81, 0, 0, 50, 2.0, "euler", "simple", 5.0, 0, "fixed", 42, 25.0,
-               "svi_talk", "resume or new", 0.875, *POSE_DEFAULTS]  # fmt: skip
+               "svi_talk", "resume or new", 0.875, *POSE_DEFAULTS, *GUARD_DEFAULTS]  # fmt: skip
     extra = (
         "**models/model_patches/**\n"
         f"- `{MULTITALK}` (MeiGen-AI/MeiGen-MultiTalk: the MultiTalk audio layers SVI-Talk was "
