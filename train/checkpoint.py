@@ -35,7 +35,7 @@ from svi_core.errors import SVIError
 from svi_core.log import logger
 
 from .banks import ErrorBanks
-from .config import RUN_ONLY_FIELDS, TrainConfig
+from .config import ADDED_FIELDS, RUN_ONLY_FIELDS, TrainConfig
 from .export import lora_state_dict
 
 
@@ -258,7 +258,7 @@ def load_torch_tensors(path: Path, mmap: bool = False) -> dict:
 
 def _check_settings(config: TrainConfig, folder: Path, state: dict, world: int) -> dict:
     if state["fingerprint"] != config.fingerprint():
-        theirs = state.get("config", {})
+        theirs = {**ADDED_FIELDS, **state.get("config", {})}
         mine = config.to_dict()
         diff = sorted(
             k

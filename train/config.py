@@ -52,6 +52,10 @@ class TrainConfig:
     all-gathered across ranks during these first steps), ``y_error_num`` latent frames of
     condition error, ``error_scale`` (1 officially).
 
+    Optimisation: ``gradient_accumulation`` samples per optimizer step (their mean loss; 1 =
+    the official batch of 1 per GPU). An epoch is ``videos / (world x gradient_accumulation)``
+    steps.
+
     Run: ``max_steps`` 0 = ``max_epochs`` x samples; checkpoints every ``checkpoint_every``
     steps (LoRA, optimizer, banks if ``save_banks``, RNG states, step, config hash);
     ``resume`` = "" / "latest" / a checkpoint folder. ``distributed``: ``ddp`` (torchrun) or
@@ -86,6 +90,7 @@ class TrainConfig:
     lora_targets: tuple[str, ...] = SVI_LORA_TARGETS
     # optimisation
     learning_rate: float = 1e-4
+    gradient_accumulation: int = 1
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     max_epochs: int = 10
@@ -156,7 +161,11 @@ class TrainConfig:
         the run length or checkpoint cadence): a checkpoint only resumes the same fingerprint."""
         from svi_core.run_store import sha256_json  # lazy: keeps this module torch-free
 
-        d = {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
+        d = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in RUN_ONLY_FIELDS and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])
+        }
         return sha256_json(d)[:16]
 
 
@@ -182,6 +191,10 @@ RUN_ONLY_FIELDS = frozenset(
 )
 """Fields a resumed run may change (model paths too: the same weights may move)."""
 
+ADDED_FIELDS: dict[str, Any] = {"gradient_accumulation": 1}
+"""Fields added after checkpoints existed, with the value that reproduces the older behaviour:
+left out of the fingerprint at that value, so earlier checkpoints still resume."""
+
 
 def _check(c: TrainConfig) -> list[str]:
     p: list[str] = []
@@ -205,6 +218,7 @@ def _check(c: TrainConfig) -> list[str]:
     for name in (
         "crop_jitter",
         "augment_draws",
+        "gradient_accumulation",
         "lora_rank",
         "bank_cells",
         "bank_capacity",

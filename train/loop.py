@@ -19,6 +19,7 @@ exactly (checkpoints also keep the torch RNG state). Checkpoints: :mod:`train.ch
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gc
 import hashlib
@@ -117,7 +118,7 @@ def train(config: TrainConfig, models: TrainModels | None = None) -> Path:
     cache = FeatureCache(config.cache_path)
     by_video = _group_by_video(samples)
     videos = sorted(by_video)
-    steps_per_epoch = math.ceil(len(videos) / world)
+    steps_per_epoch = math.ceil(len(videos) / (world * config.gradient_accumulation))
     total_steps = config.max_steps or config.max_epochs * steps_per_epoch
     logger.info(
         "training %s LoRA (%s): %d videos (%d unreadable skipped), %d steps, world %d",
@@ -165,22 +166,33 @@ def train(config: TrainConfig, models: TrainModels | None = None) -> Path:
 
     # ---- 6. the loop --------------------------------------------------------------------------
     progress = _progress(total_steps, start, is_main)
+    accum = config.gradient_accumulation
     for step in range(start, total_steps):
         t0 = time.perf_counter()
-        gen, rng = step_rngs(config.seed, rank, step)
-        entry = _pick(by_video, videos, config.seed, step * world + rank)
-        sample = load_sample(cache, entry)
-        loss, mse, info = erft_step(
-            runner, sample, config, schedule, banks, probs, gen, rng, device, dtype, use_clip
-        )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        micro: list[tuple[StepInfo, random.Random]] = []
+        loss_sum = mse_sum = 0.0
+        for j in range(accum):  # gradient accumulation: `accum` samples per optimizer step
+            gen, rng = step_rngs(config.seed, rank, step, j)
+            entry = _pick(by_video, videos, config.seed, (step * accum + j) * world + rank)
+            sample = load_sample(cache, entry)
+            with _no_sync(runner, last=j == accum - 1):
+                loss, mse, info = erft_step(
+                    runner, sample, config, schedule, banks, probs, gen, rng, device, dtype,
+                    use_clip,
+                )  # fmt: skip
+                (loss / accum).backward()
+            loss_sum += float(loss.detach())
+            mse_sum += float(mse)
+            micro.append((info, rng))
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
         optimizer.step()
         if config.erft_enabled:
-            _update_banks(banks, info, config, rng, step)
+            for info, rng in micro:
+                _update_banks(banks, info, config, rng, step)
+        loss, mse, info = loss_sum / accum, mse_sum / accum, micro[0][0]
         seconds = time.perf_counter() - t0
-        loss_v = float(loss.detach())
+        loss_v = loss
         if log is not None:
             log.add(step + 1, loss_v, float(mse), info, len(banks), float(grad_norm), seconds)
             if (step + 1) % config.log_every == 0:
@@ -324,11 +336,22 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     torch.manual_seed(s)
 
 
-def step_rngs(seed: int, rank: int, step: int) -> tuple[torch.Generator, random.Random]:
-    """The step's torch generator (noise, timestep) and Python RNG (injections, bank draws)."""
-    digest = hashlib.sha256(f"erft|{seed}|{rank}|{step}".encode()).digest()
+def step_rngs(
+    seed: int, rank: int, step: int, micro: int = 0
+) -> tuple[torch.Generator, random.Random]:
+    """The torch generator (noise, timestep) and Python RNG (injections, bank draws) of sample
+    ``micro`` of a step (gradient accumulation; sample 0 keeps the original derivation)."""
+    tail = f"|{micro}" if micro else ""
+    digest = hashlib.sha256(f"erft|{seed}|{rank}|{step}{tail}".encode()).digest()
     gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
     return gen, random.Random(int.from_bytes(digest[8:16], "little"))
+
+
+def _no_sync(runner: torch.nn.Module, last: bool):
+    """DDP: skip the gradient all-reduce on all but the last accumulated sample."""
+    if not last and hasattr(runner, "no_sync"):
+        return runner.no_sync()
+    return contextlib.nullcontext()
 
 
 def _group_by_video(samples: list[CachedSample]) -> dict[str, list[CachedSample]]:
