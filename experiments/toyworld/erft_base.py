@@ -128,7 +128,7 @@ def continue_base(
         if step % eval_every == 0 or step == max_steps:
             v = val_loss(dit, val)
             spent = cpu + time.process_time() - c0
-            curve.append({"step": step, "val": v, "train": float(loss), "cpu_s": spent})
+            curve.append({"step": step, "val": v, "train": float(loss.detach()), "cpu_s": spent})
             if v < best:
                 best = v
                 best_state = {k: t_.detach().clone() for k, t_ in dit.state_dict().items()}

@@ -78,6 +78,20 @@ def encode_batched(vae, batch: list[torch.Tensor], size: int = 8) -> list[torch.
     return out
 
 
+@torch.no_grad()
+def decode_frames(vae, latents: list[torch.Tensor], size: int = 8) -> list[np.ndarray]:
+    """NORMALISED latents ``[1, 16, T, h, w]`` -> uint8 frames ``[F, H, W, 3]`` each, decoded
+    ``size`` at a time and quantised as the clip loop stores frames."""
+    from svi_core.conditioning import quantise_frames
+    from svi_core.latents import denormalise
+
+    out: list[np.ndarray] = []
+    for i in range(0, len(latents), size):
+        x = vae.decode(denormalise(torch.cat(latents[i : i + size]))).sample.float()
+        out.extend(quantise_frames(x[j : j + 1]).numpy() for j in range(x.shape[0]))
+    return out
+
+
 def encode_clips(vae, clips: list[tuple[int, int]], log=None) -> dict[str, torch.Tensor]:
     """``x0`` (clip latents) and ``cond`` (conditioning latents) ``[N, 16, T, h, w]`` of the
     (scene, start) clips."""
