@@ -87,7 +87,10 @@ def continue_base(
     curve_path = out / "base_curve.json"
     if (out / "dit.safetensors").is_file() and curve_path.is_file():
         return json.loads(curve_path.read_text())
+    from erft_data import dedupe_constant_rows
+
     dit = load_toy_dit(TOY_DIT).train()
+    dedupe_constant_rows(dit)  # exact speed-up (constant toy context)
     for p in dit.parameters():
         p.requires_grad_(True)
     opt = torch.optim.AdamW(dit.parameters(), lr=3e-4, weight_decay=0.01)

@@ -106,6 +106,45 @@ def encode_clips(vae, clips: list[tuple[int, int]], log=None) -> dict[str, torch
     return {"x0": torch.cat(x0), "cond": torch.cat(cond)}
 
 
+def encode_clips_cached(vae, clips: list[tuple[int, int]], folder: Path, log=None,
+                        chunk: int = 256) -> dict[str, torch.Tensor]:  # fmt: skip
+    """:func:`encode_clips` in chunks saved under ``folder`` (an interrupted run resumes)."""
+    from safetensors.torch import load_file, save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for i in range(0, len(clips), chunk):
+        p = folder / f"chunk_{i // chunk:04d}_{min(i + chunk, len(clips)) - i}.safetensors"
+        if not p.is_file():
+            save_file(encode_clips(vae, clips[i : i + chunk]), str(p))
+            if log is not None:
+                log(f"encoded {min(i + chunk, len(clips))}/{len(clips)} clips")
+        parts.append(load_file(str(p)))
+    return {k: torch.cat([q[k] for q in parts]) for k in ("x0", "cond")}
+
+
+def dedupe_constant_rows(dit) -> None:
+    """Speed-up for the toy's constant conditioning, exact: when every token row of the text
+    context (or CLIP feature) is the same (the toy's all-zero context), the row-wise text and
+    image embedders of the diffusers Wan DiT compute one row and repeat it instead of 512
+    (257). The forward output is bit-identical; the embedders' gradients are the same sums.
+    Patches the module instances' ``forward`` (state dict names unchanged)."""
+    ce = dit.condition_embedder
+    for name in ("text_embedder", "image_embedder"):
+        module = getattr(ce, name, None)
+        if module is None or getattr(module, "pos_embed", None) is not None:
+            continue  # position-dependent embeddings are not row-wise
+        inner = module.forward
+
+        def forward(x, *args, _inner=inner, **kwargs):
+            if x.dim() == 3 and x.shape[1] > 1 and bool((x == x[:, :1]).all()):
+                y = _inner(x[:, :1], *args, **kwargs)
+                return y.expand(-1, x.shape[1], *y.shape[2:])
+            return _inner(x, *args, **kwargs)
+
+        module.forward = forward
+
+
 def write_lossless(path: Path, frames: np.ndarray, fps: int = 16) -> None:
     """uint8 ``[F, H, W, 3]`` -> lossless RGB H.264 (libx264rgb, crf 0) in ``path`` (.mkv):
     reading it back gives the same bytes."""
@@ -156,9 +195,9 @@ class LatentLookup:
         self.hits = 0
         self.misses = 0
 
-    def add(self, videos: list[torch.Tensor]) -> None:
-        for p, z in zip(videos, encode_batched(self.vae, videos), strict=True):
-            self.table[_key(p)] = z
+    def put(self, video: torch.Tensor, latent: torch.Tensor) -> None:
+        """Answer ``latent`` [1, 16, T, h, w] for the pixel video ``video``."""
+        self.table[_key(video)] = latent
 
     @torch.no_grad()
     def __call__(self, p: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from erft_data import WORLD
+from erft_data import WORLD, dedupe_constant_rows
 
 from svi_core.drift import DriftAccumulator
 from svi_core.ground_truth import truth_errors
@@ -92,6 +92,7 @@ def rollout(
     )  # noqa: E501
     ref = toy_first_frame(scene, WORLD)
     backend = toy_backend(lora=lora, dit_path=dit_path)
+    dedupe_constant_rows(backend.experts[0])  # exact speed-up (constant toy context)
     hook = None
     pr = Probe() if probe else None
     if pr is not None:

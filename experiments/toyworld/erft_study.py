@@ -79,6 +79,30 @@ class Study:
                    base_window=10, probe_scenes=1, ablations="no")  # fmt: skip
 
 
+# CPU seconds per unit of work on the development machine (one thread), for the estimate
+# printed at the start; the results report what was really spent.
+RATE = {"encode": 0.45, "video": 0.15, "base_step": 0.55, "base_eval": 20.0,
+        "lora_sample": 0.15, "clip": 2.4}  # fmt: skip
+
+
+def estimate_cpu_s(st: Study, skip_pretrain: bool) -> dict[str, float]:
+    """Expected CPU seconds per phase (rough: :data:`RATE`)."""
+    n = st.lora_steps * st.grad_accum
+    arms = 2 * len(st.lrs)
+    est = {
+        "base": 64 * RATE["encode"]
+        + (0 if skip_pretrain else st.base_pool * RATE["encode"] + st.base_steps
+           * RATE["base_step"] + st.base_steps / st.base_eval_every * RATE["base_eval"]),
+        "data": n * (RATE["encode"] + RATE["video"]),
+        "loras": arms * n * RATE["lora_sample"],
+        "validation": (1 + arms) * st.val_scenes * st.val_clips * RATE["clip"],
+        "test": 3 * st.scenes * st.clips * RATE["clip"],
+        "why": st.probe_scenes * st.clips * 1.5,
+    }  # fmt: skip
+    est["total"] = sum(est.values())
+    return est
+
+
 def log(msg: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
@@ -111,12 +135,15 @@ def phase_base(work: Path, st: Study, skip: bool) -> tuple[Path, dict]:
 
         rng = np.random.default_rng([st.seed, 7])
         clips = [(s, int(rng.integers(0, erft_data.MAX_START))) for s in erft_data.BASE_VAL_SCENES]
-        save_file(erft_data.encode_clips(vae, clips, log), str(val_path))
+        save_file(erft_data.encode_clips_cached(vae, clips, bdir / "val_chunks", log),
+                  str(val_path))  # fmt: skip
     val = load_file(str(val_path))
     if skip:
         from svi_core.toy.models import load_toy_dit
 
-        v = erft_base.val_loss(load_toy_dit(TOY_DIT), val)
+        dit = load_toy_dit(TOY_DIT)
+        erft_data.dedupe_constant_rows(dit)
+        v = erft_base.val_loss(dit, val)
         rec = {"dit": str(TOY_DIT), "skipped": True, "shipped_val": v,
                "cpu_s": cpu_seconds() - c0}  # fmt: skip
         log(f"base: --skip-pretrain, shipped toy base (one-clip val loss {v:.5f})")
@@ -125,7 +152,8 @@ def phase_base(work: Path, st: Study, skip: bool) -> tuple[Path, dict]:
     pool_path = bdir / "pool.safetensors"
     if not pool_path.is_file():
         clips = erft_data.fresh_scenes(st.seed, "base", st.base_pool)
-        save_file(erft_data.encode_clips(vae, clips, log), str(pool_path))
+        save_file(erft_data.encode_clips_cached(vae, clips, bdir / "pool_chunks", log),
+                  str(pool_path))  # fmt: skip
     encode_cpu = cpu_seconds() - c0
     record = erft_base.continue_base(
         bdir / "train", load_file(str(pool_path)), val, st.seed, st.base_steps,
@@ -199,12 +227,11 @@ def phase_data(work: Path, st: Study) -> dict:
     vae = load_toy_vae()
     lookup = erft_data.LatentLookup(vae)
     cfg = lora_config(work, st, "cache", 1e-4, True)
-    for i in range(0, n, 256):
-        vids = [erft_data.render(s, t) for s, t in clips[i : i + 256]]
-        lookup.add(
-            [erft_data.pixels(v) for v in vids] + [erft_data.cond_pixels(v[0]) for v in vids]
-        )
-        log(f"data: encoded {min(i + 256, n)}/{n} training clips")
+    lat = erft_data.encode_clips_cached(vae, clips, work / "dataset_latents", log)
+    for i, (s, t) in enumerate(clips):
+        v = erft_data.render(s, t)
+        lookup.put(erft_data.pixels(v), lat["x0"][i : i + 1])
+        lookup.put(erft_data.cond_pixels(v[0]), lat["cond"][i : i + 1])
     enc = Encoders(encode_video=lookup, video_id=erft_data.vae_identity(TOY_VAE))
     samples, skipped = build_cache(cfg, list_videos(cfg.dataset), enc)
     rec = {"videos": n, "samples": len(samples), "skipped": skipped, "lookup_hits": lookup.hits,
@@ -234,9 +261,9 @@ def train_lora(work: Path, st: Study, base: Path, name: str, lr: float, erft: bo
     c0 = cpu_seconds()
     log(f"training LoRA {name} (lr {lr:g}, {'ERFT' if erft else 'plain'} {extra or ''})")
     enc = Encoders(encode_video=None, video_id=erft_data.vae_identity(TOY_VAE))
-    path = train(
-        cfg.replace(resume="latest"), TrainModels(transformer=load_toy_dit(base), encoders=enc)
-    )
+    dit = load_toy_dit(base)
+    erft_data.dedupe_constant_rows(dit)  # exact speed-up (constant toy context)
+    path = train(cfg.replace(resume="latest"), TrainModels(transformer=dit, encoders=enc))
     (cfg.out / "cpu.json").write_text(json.dumps({"cpu_s": cpu_seconds() - c0}))
     return Path(path)
 
@@ -343,6 +370,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import erft_data
 
+    est = estimate_cpu_s(st, a.skip_pretrain)
+    log(
+        "estimated CPU time (one thread): "
+        + ", ".join(f"{k} {v / 60:.0f} min" for k, v in est.items())
+        + " (ablations, if run: about as much again as one arm's training + test rollouts)"
+    )
     base, base_rec = phase_base(work, st, a.skip_pretrain)
     data_rec = phase_data(work, st)
     loras: dict[str, Path] = {}
