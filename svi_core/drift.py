@@ -66,19 +66,24 @@ def _linear_lut() -> np.ndarray:
 _SRGB_LINEAR_LUT = _linear_lut()
 
 
-def mean_lab_u8(frame_u8: np.ndarray) -> np.ndarray:
-    """Mean CIE Lab colour ``[3]`` of a uint8 ``[H, W, 3]`` sRGB frame (per-pixel Lab, then the
-    mean). Frames larger than 128 px on their short side are subsampled on a regular grid
-    (stride ``short_side // 128``) first: the mean colour barely changes and it is much faster."""
+def lab_pixels_u8(frame_u8: np.ndarray) -> np.ndarray:
+    """CIE Lab ``[N, 3]`` float64 of the pixels of a uint8 ``[H, W, 3]`` sRGB frame. Frames
+    larger than 128 px on their short side are subsampled on a regular grid (stride
+    ``short_side // 128``) first: colour statistics barely change and it is much faster."""
     step = max(1, min(frame_u8.shape[0], frame_u8.shape[1]) // 128)
     px = frame_u8[::step, ::step].reshape(-1, 3)
     xyz = _SRGB_LINEAR_LUT[px] @ _SRGB_TO_XYZ.T / _D65_WHITE
     delta = 6.0 / 29.0
     f = np.where(xyz > delta**3, np.cbrt(xyz), xyz / (3 * delta**2) + 4.0 / 29.0)
-    lab = np.stack(
+    return np.stack(
         [116.0 * f[:, 1] - 16.0, 500.0 * (f[:, 0] - f[:, 1]), 200.0 * (f[:, 1] - f[:, 2])], 1
     )
-    return lab.mean(0)
+
+
+def mean_lab_u8(frame_u8: np.ndarray) -> np.ndarray:
+    """Mean CIE Lab colour ``[3]`` of a uint8 ``[H, W, 3]`` sRGB frame (per-pixel Lab, then the
+    mean; large frames subsampled as in :func:`lab_pixels_u8`)."""
+    return lab_pixels_u8(frame_u8).mean(0)
 
 
 def luma(frame_u8: np.ndarray) -> np.ndarray:

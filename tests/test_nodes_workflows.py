@@ -211,7 +211,8 @@ def test_dance_workflow_follows_a_pose_video_with_the_official_settings():
     nodes = {n["id"]: n for n in wf["nodes"]}
     sampler = next(n for n in nodes.values() if n["type"] == "SVIInfiniteSampler")
     w = sampler["widgets_values"]
-    # mode, clips, frames, width, height, steps, cfg, ..., fps at 13, pose_palette, pose_loop
+    # mode, clips, frames, width, height, steps, cfg, ..., fps at 13, boundary at 16,
+    # pose_palette, pose_loop, drift_guard, guard_window
     assert (w[0], w[1], w[3], w[4], w[5], w[6], w[9], w[13]) == (
         "dance",
         0,
@@ -222,7 +223,7 @@ def test_dance_workflow_follows_a_pose_video_with_the_official_settings():
         5.0,
         25.0,
     )
-    assert w[-2:] == ["official", "loop"]
+    assert w[17:19] == ["official", "loop"]
     pose = next(i for i in sampler["inputs"] if i["name"] == "pose_video")
     link = next(lk for lk in wf["links"] if lk[0] == pose["link"])
     src = nodes[link[1]]

@@ -79,6 +79,10 @@ class TrainConfig:
     all-gathered across ranks during these first steps), ``y_error_num`` latent frames of
     condition error, ``error_scale`` (1 officially).
 
+    Optimisation: ``gradient_accumulation`` samples per optimizer step (their mean loss; 1 =
+    the official batch of 1 per GPU). An epoch is ``videos / (world x gradient_accumulation)``
+    steps.
+
     Run: ``max_steps`` 0 = ``max_epochs`` x samples; checkpoints every ``checkpoint_every``
     steps (LoRA, optimizer, banks if ``save_banks``, RNG states, step, config hash);
     ``resume`` = "" / "latest" / a checkpoint folder. ``distributed``: ``ddp`` (torchrun) or
@@ -124,6 +128,7 @@ class TrainConfig:
     lora_targets: tuple[str, ...] = SVI_LORA_TARGETS
     # optimisation
     learning_rate: float = 1e-4
+    gradient_accumulation: int = 1
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     max_epochs: int = 10
@@ -236,9 +241,11 @@ ADDED_FIELDS: dict[str, Any] = {
     "pose_dropout": 0.0,
     "image_dropout": 0.0,
     "pose_hidden": 16,
+    "gradient_accumulation": 1,
 }
-"""Fields added with the talk / dance presets, with the value that means "as before": left out
-of the fingerprint at that value, so shot / film checkpoints of earlier versions still resume."""
+"""Fields added after checkpoints existed (the talk / dance presets, gradient accumulation),
+with the value that means "as before": left out of the fingerprint at that value, so
+checkpoints of earlier versions still resume."""
 
 
 _FLOAT_RANGES: dict[str, tuple[float, float, str]] = {
@@ -254,6 +261,7 @@ _FLOAT_RANGES: dict[str, tuple[float, float, str]] = {
 _INT_MAXIMA: dict[str, int] = {
     "crop_jitter": 1000,
     "augment_draws": 10_000,
+    "gradient_accumulation": 10_000,
     "lora_rank": 4096,
     "bank_cells": 1000,
     "bank_capacity": 1_000_000,

@@ -10,12 +10,16 @@ bank errors (noise: ``E_noi`` of the step's cell; latent: ``E_vid`` of the cell;
 clip 1.0; then store the step's one-step errors in the banks (all ranks' errors during the
 first ``bank_warmup_iters`` steps; clean steps only with probability 0.1).
 
-Randomness is derived per (seed, rank, step), so a resumed run repeats an uninterrupted one
-exactly; checkpoints also keep the torch RNG states for anything outside this loop.
+Randomness comes from the config ``seed`` only: the LoRA init has its own generator state
+derived from it, the global Python / numpy / torch RNGs are seeded from (seed, rank) when
+training starts, and each step's draws come from generators of (seed, rank, step). So two runs
+with the same settings give the same LoRA, and a resumed run repeats an uninterrupted one
+exactly (checkpoints also keep the torch RNG state). Checkpoints: :mod:`train.checkpoint`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gc
 import hashlib
@@ -23,7 +27,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +45,9 @@ from .cache import (
     build_cache,
     load_sample,
 )
+from .checkpoint import find_resume, load_checkpoint, save_checkpoint
 from .conditions import StepCondition, condition_rng, family_for
-from .config import RUN_ONLY_FIELDS, TrainConfig
+from .config import TrainConfig
 from .erft import (
     InjectionDraw,
     InjectionProbs,
@@ -88,20 +92,22 @@ class TrainModels:
 
 
 def train(config: TrainConfig, models: TrainModels | None = None) -> Path:
-    """Train a LoRA with ERFT (or plain, ``erft_enabled=False``); returns the exported file."""
+    """Train a LoRA with ERFT (or plain, ``erft_enabled=False``); returns the exported file.
+
+    Seeds the global Python / numpy / torch RNGs from ``config.seed`` (see the module doc)."""
     models = models or TrainModels()
     family = family_for(config)  # talk / dance: the extra condition (train.conditions)
     family.check(config, models.transformer)
     # ---- 0. processes ---------------------------------------------------------------------
     rank, world, device = _setup_distributed()
     is_main = rank == 0
+    seed_everything(config.seed, rank)
     out = config.out
     ckpt_root = out / "checkpoints"
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
-    resume_dir = _find_resume(config, ckpt_root)
-    resume_state = _read_resume_state(config, resume_dir, world) if resume_dir else None
+    resume = find_resume(config, ckpt_root, world)  # checked now, before any long work
 
     # ---- 1. data: list videos, encode what the cache lacks ----------------------------------
     items = family.list_items(config)
@@ -114,7 +120,7 @@ def train(config: TrainConfig, models: TrainModels | None = None) -> Path:
     cache = FeatureCache(config.cache_path)
     by_video = _group_by_video(samples)
     videos = sorted(by_video)
-    steps_per_epoch = math.ceil(len(videos) / world)
+    steps_per_epoch = math.ceil(len(videos) / (world * config.gradient_accumulation))
     total_steps = config.max_steps or config.max_epochs * steps_per_epoch
     logger.info(
         "training %s LoRA (%s): %d videos (%d unreadable skipped), %d steps, world %d",
@@ -160,13 +166,14 @@ def train(config: TrainConfig, models: TrainModels | None = None) -> Path:
 
     # ---- 5. resume ----------------------------------------------------------------------------
     start = 0
-    if resume_dir is not None and resume_state is not None:
-        start = _load_checkpoint(resume_dir, resume_state, model, optimizer, banks, rank)
-        logger.info("resumed from '%s' at step %d", resume_dir, start)
+    if resume is not None:
+        start = load_checkpoint(resume, model, optimizer, banks, rank)
+        logger.info("resumed from '%s' at step %d", resume.folder, start)
     log = _LossLog(out / "loss.csv", start) if is_main else None
 
     # ---- 6. the loop --------------------------------------------------------------------------
     progress = _progress(total_steps, start, is_main)
+    accum = config.gradient_accumulation
     for step in range(start, total_steps):
         t0 = time.perf_counter()
         gen, rng = step_rngs(config.seed, rank, step)
@@ -180,13 +187,32 @@ def train(config: TrainConfig, models: TrainModels | None = None) -> Path:
             condition,
         )  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        micro: list[tuple[StepInfo, random.Random]] = []
+        loss_sum = mse_sum = 0.0
+        for j in range(accum):  # gradient accumulation: `accum` samples per optimizer step
+            gen, rng = step_rngs(config.seed, rank, step, j)
+            entry = _pick(by_video, videos, config.seed, (step * accum + j) * world + rank)
+            sample = load_sample(cache, entry)
+            with _no_sync(runner, last=j == accum - 1):
+                condition = family.step_condition(
+                    sample, config, condition_rng(config.seed, rank, step, j), device
+                )
+                loss, mse, info = erft_step(
+                    runner, sample, config, schedule, banks, probs, gen, rng, device, dtype,
+                    use_clip, condition,
+                )  # fmt: skip
+                (loss / accum).backward()
+            loss_sum += float(loss.detach())
+            mse_sum += float(mse)
+            micro.append((info, rng))
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
         optimizer.step()
         if config.erft_enabled:
-            _update_banks(banks, info, config, rng, step)
+            for info, rng in micro:
+                _update_banks(banks, info, config, rng, step)
+        loss, mse, info = loss_sum / accum, mse_sum / accum, micro[0][0]
         seconds = time.perf_counter() - t0
-        loss_v = float(loss.detach())
+        loss_v = loss
         if log is not None:
             log.add(step + 1, loss_v, float(mse), info, len(banks), float(grad_norm), seconds)
             if (step + 1) % config.log_every == 0:
@@ -316,11 +342,39 @@ def _update_banks(
         banks.add(e_noi.cpu(), e_vid.cpu(), t)
 
 
-def step_rngs(seed: int, rank: int, step: int) -> tuple[torch.Generator, random.Random]:
-    """The step's torch generator (noise, timestep) and Python RNG (injections, bank draws)."""
-    digest = hashlib.sha256(f"erft|{seed}|{rank}|{step}".encode()).digest()
+def derived_seed(seed: int, purpose: str, rank: int = 0) -> int:
+    """A 63-bit seed for one use of the config seed (``purpose``, ``rank``)."""
+    digest = hashlib.sha256(f"{purpose}|{seed}|{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed Python's, numpy's and torch's global RNGs from the config seed (and rank), so that
+    anything drawing from them outside the per-step generators repeats from run to run."""
+    import numpy as np
+
+    s = derived_seed(seed, "global", rank)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def step_rngs(
+    seed: int, rank: int, step: int, micro: int = 0
+) -> tuple[torch.Generator, random.Random]:
+    """The torch generator (noise, timestep) and Python RNG (injections, bank draws) of sample
+    ``micro`` of a step (gradient accumulation; sample 0 keeps the original derivation)."""
+    tail = f"|{micro}" if micro else ""
+    digest = hashlib.sha256(f"erft|{seed}|{rank}|{step}{tail}".encode()).digest()
     gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
     return gen, random.Random(int.from_bytes(digest[8:16], "little"))
+
+
+def _no_sync(runner: torch.nn.Module, last: bool):
+    """DDP: skip the gradient all-reduce on all but the last accumulated sample."""
+    if not last and hasattr(runner, "no_sync"):
+        return runner.no_sync()
+    return contextlib.nullcontext()
 
 
 def _group_by_video(samples: list[CachedSample]) -> dict[str, list[CachedSample]]:
@@ -364,7 +418,12 @@ def add_lora(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
         init_lora_weights=True,
         target_modules=targets,
     )
-    model = inject_adapter_in_model(lora_config, model)
+    # The init draws from torch's global RNG: give it its own generator state derived from the
+    # seed only (the same on every rank, whatever ran before: loading models, filling a cache).
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(derived_seed(config.seed, "lora-init"))
+        model = inject_adapter_in_model(lora_config, model)
     for name, p in model.named_parameters():
         if ".lora_A." in name or ".lora_B." in name:
             p.requires_grad_(True)
@@ -522,155 +581,6 @@ def _setup_distributed() -> tuple[int, int, torch.device]:
 def _barrier(world: int) -> None:
     if world > 1:
         torch.distributed.barrier()
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)
-
-
-# ============================================================================================
-# checkpoints
-# ============================================================================================
-
-
-def save_checkpoint(
-    root: Path,
-    step: int,
-    config: TrainConfig,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    banks: ErrorBanks,
-    rank: int,
-    world: int,
-) -> Path:
-    """Write ``root/step_XXXXXXX`` atomically (a temporary folder renamed when complete):
-    ``lora.safetensors`` (peft names, fp32), ``optimizer.rank{r}.pt``, ``banks.rank{r}.
-    safetensors`` (if ``save_banks``), ``rng.rank{r}.safetensors``, ``state.json`` (step,
-    config fingerprint and values, world size). ``root/latest`` names the newest."""
-    from safetensors.torch import save_file
-
-    final = root / f"step_{step:07d}"
-    tmp = root / f".tmp_step_{step:07d}"
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    _barrier(world)
-    lora = lora_state_dict(model)  # every rank: gathering FSDP shards is collective
-    if rank == 0:
-        save_file({k: v.float() for k, v in lora.items()}, str(tmp / "lora.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / f"optimizer.rank{rank}.pt")
-    if config.save_banks and config.erft_enabled:
-        save_file(banks.state_dict(), str(tmp / f"banks.rank{rank}.safetensors"))
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    save_file(rng, str(tmp / f"rng.rank{rank}.safetensors"))
-    _barrier(world)
-    if rank == 0:
-        state = {
-            "step": step,
-            "fingerprint": config.fingerprint(),
-            "config": config.to_dict(),
-            "world_size": world,
-            "banks_saved": bool(config.save_banks and config.erft_enabled),
-        }
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        latest_tmp = root / "latest.tmp"
-        latest_tmp.write_text(final.name)
-        os.replace(latest_tmp, root / "latest")
-        old = sorted(p for p in root.glob("step_*") if p.is_dir())
-        for p in old[: max(0, len(old) - config.keep_checkpoints)]:
-            shutil.rmtree(p, ignore_errors=True)
-        logger.info("checkpoint '%s'", final)
-    _barrier(world)
-    return final
-
-
-def _find_resume(config: TrainConfig, root: Path) -> Path | None:
-    if not config.resume:
-        return None
-    if config.resume == "latest":
-        pointer = root / "latest"
-        if not pointer.is_file():
-            logger.info("resume=latest: no checkpoint in '%s' yet; starting fresh", root)
-            return None
-        return root / pointer.read_text().strip()
-    return Path(config.resume)
-
-
-def _read_resume_state(config: TrainConfig, ckpt: Path, world: int) -> dict:
-    state_file = ckpt / "state.json"
-    if not state_file.is_file():
-        raise SVIError(
-            f"resume checkpoint '{ckpt}' has no state.json; pass a folder written by this "
-            "trainer (output_dir/checkpoints/step_XXXXXXX) or resume='latest'"
-        )
-    state = json.loads(state_file.read_text())
-    if state["fingerprint"] != config.fingerprint():
-        theirs = state.get("config", {})
-        mine = config.to_dict()
-        diff = sorted(
-            k
-            for k in set(mine) | set(theirs)
-            if k not in RUN_ONLY_FIELDS and mine.get(k) != theirs.get(k)
-        )
-        shown = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs now {mine.get(k)!r}" for k in diff)
-        raise SVIError(
-            f"resume checkpoint '{ckpt}' was written by another training config ({shown}). "
-            "Resume with the same settings, or start a new output_dir."
-        )
-    if state["world_size"] != world:
-        raise SVIError(
-            f"resume checkpoint '{ckpt}' was written by {state['world_size']} process(es); this "
-            f"run has {world}. Error banks and optimizer state are per process: resume with "
-            f"--nproc_per_node {state['world_size']}."
-        )
-    return state
-
-
-def _load_checkpoint(
-    ckpt: Path,
-    state: dict,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    banks: ErrorBanks,
-    rank: int,
-) -> int:
-    from safetensors.torch import load_file
-
-    lora = load_file(str(ckpt / "lora.safetensors"))
-    params = dict(_unwrap(model).named_parameters())
-    own = {n for n in params if ".lora_A." in n or ".lora_B." in n}  # lora_state_dict's names
-    missing = sorted(own - set(lora))
-    extra = sorted(set(lora) - set(params))
-    if missing or extra:
-        raise SVIError(
-            f"resume checkpoint '{ckpt}': LoRA parameters do not match the model (missing "
-            f"{missing[:3]}, unexpected {extra[:3]})"
-        )
-    with torch.no_grad():
-        for name, value in lora.items():
-            p = params[name]
-            value = value.to(p.device, p.dtype)
-            if hasattr(p, "device_mesh"):  # FSDP2 shard: take this rank's part
-                from torch.distributed.tensor import distribute_tensor
-
-                value = distribute_tensor(value, p.device_mesh, p.placements)
-            p.copy_(value)
-    opt_state = torch.load(ckpt / f"optimizer.rank{rank}.pt", weights_only=True)
-    optimizer.load_state_dict(opt_state)
-    bank_file = ckpt / f"banks.rank{rank}.safetensors"
-    if state.get("banks_saved") and bank_file.is_file():
-        banks.load_state_dict(load_file(str(bank_file)))
-    elif state.get("config", {}).get("erft_enabled", True):
-        logger.warning("checkpoint '%s' has no error banks; they refill from empty", ckpt)
-    rng = load_file(str(ckpt / f"rng.rank{rank}.safetensors"))
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"])
-    return int(state["step"])
 
 
 # ============================================================================================
