@@ -660,6 +660,14 @@ def run_clips(
         )
     else:
         logger.info("run %s already has %d clips; nothing to generate", store.root, start)
+    if settings.drift_guard.mode == "carry" and mode.carry == "latent":
+        logger.info(
+            "drift guard 'carry' with latent carry (mode %s): the carried latent is kept as the "
+            "official loop keeps it (every latent correction measured on the toy VAE lost "
+            "structure over 50 clips; README 'Drift guard'); the saved frames are corrected as "
+            "with 'output'",
+            mode.name,
+        )
     carry: Carry | None = None
     transfer: ColourTransfer | None = None
     try:

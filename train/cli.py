@@ -46,6 +46,7 @@ FIELD_HELP: dict[str, str] = {
     "learning_rate": "AdamW learning rate",
     "weight_decay": "AdamW weight decay",
     "grad_clip": "gradient-norm clip",
+    "gradient_accumulation": "samples per optimizer step (mean loss; 1 = official batch of 1)",
     "max_epochs": "epochs when max_steps is 0",
     "max_steps": "optimiser steps (0 = max_epochs x samples)",
     "precision": "compute precision of the DiT: bf16 or fp32",
