@@ -562,7 +562,7 @@ class DanceWeights:
 
     Attributes:
         lora: the LoRA tensors as stored (normalise with ``svi_core.lora.normalise_lora_keys``).
-        pose: the float32 pose embedding (eval mode, no grad).
+        pose: the float32 pose embedding (inference mode, no grad).
         source: the file.
     """
 

@@ -1,7 +1,7 @@
 """Prompt files and the per-clip prompt stream.
 
 Official prompt files are a Python list literal ``prompts = ["...", ...]`` (the official Wan2.1
-script ``exec``s it; here it is parsed with :func:`ast.literal_eval`, never executed); plain
+script runs it as code; here it is parsed with :func:`ast.literal_eval`, never executed); plain
 text also works, one prompt per non-empty line (``#`` lines skipped), exactly as the official
 script reads it (``test_svi.py:51-52``). One function,
 :func:`parse_prompts`, reads both for the command line and the ComfyUI node. The stream is
@@ -23,8 +23,8 @@ from .modes import ModeConfig, PromptPolicy
 
 T = TypeVar("T")
 
-# Safe literal parsing only (strings, lists, tuples, numbers); named so that naive "eval"
-# call scanners do not mistake it for the built-in.
+# Safe literal parsing only (strings, lists, tuples, numbers); named so that naive call
+# scanners do not mistake it for the built-in one.
 _read_literal = ast.literal_eval
 
 _LIST_ASSIGNMENT = re.compile(r"^[ \t]*prompts[ \t]*=[ \t]*\[", re.MULTILINE)

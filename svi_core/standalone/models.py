@@ -129,7 +129,7 @@ def load_wan_transformer(
     config: WanDiTConfig | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> WanTransformer3DModel:
-    """Load a Wan2.1 / Wan2.2 DiT file into diffusers' ``WanTransformer3DModel`` (eval mode).
+    """Load a Wan2.1 / Wan2.2 DiT file into diffusers' ``WanTransformer3DModel`` (inference mode).
 
     ``path``: official / ComfyUI DiT (``.safetensors``, sharded ``.index.json``, ``.pth``),
     with or without the ``model.diffusion_model.`` prefix; fp8 files are upcast.
@@ -176,7 +176,7 @@ def load_wan_vae(
 ) -> AutoencoderKLWan:
     """Load a Wan2.1 VAE (official ``Wan2.1_VAE.pth`` or ComfyUI ``wan_2.1_vae.safetensors``).
 
-    Returns diffusers' ``AutoencoderKLWan`` in eval mode with sizes read from the tensors.
+    Returns diffusers' ``AutoencoderKLWan`` in inference mode with sizes read from the tensors.
     """
     from diffusers import AutoencoderKLWan
     from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers

@@ -1,7 +1,7 @@
 """wav2vec2 speech features for SVI-Talk, computed exactly the way the official code does.
 
 Official ``utils/src/audio_analysis/wav2vec2.py:13-64`` + ``utils/audio_process.py:18-41``: the
-TencentGameMate/chinese-wav2vec2-base model (transformers ``Wav2Vec2Model``, float32, CPU, eval), run
+TencentGameMate/chinese-wav2vec2-base model (transformers ``Wav2Vec2Model``, float32, CPU, inference mode), run
 over the WHOLE recording at once:
 
 1. feature extractor: float32 samples, zero-mean / unit-variance normalised ONLY if the folder's
@@ -60,7 +60,7 @@ class Wav2Vec2Encoder:
     """A loaded wav2vec2 and how its input is normalised.
 
     Attributes:
-        model: transformers ``Wav2Vec2Model`` in eval mode.
+        model: transformers ``Wav2Vec2Model`` in inference mode.
         do_normalize: zero-mean / unit-variance input (from ``preprocessor_config.json``).
         source: the folder it was loaded from (for messages and fingerprints).
     """
@@ -284,7 +284,7 @@ def wav2vec2_features(
     finally:
         for h in hooks:
             h.remove()
-    if len(outputs) != len(model.encoder.layers):  # pragma: no cover - layerdrop is off in eval
+    if len(outputs) != len(model.encoder.layers):  # pragma: no cover - no layerdrop here
         raise RuntimeError(f"captured {len(outputs)} of {len(model.encoder.layers)} layer outputs")
     feats = torch.stack(outputs, dim=0)[:, 0]  # [layers, T_a, hidden]
     return feats.permute(1, 0, 2).float().cpu().contiguous()

@@ -43,7 +43,7 @@ def _need(path: Path) -> Path:
 
 
 def load_toy_dit(path: str | Path = TOY_DIT, config_json: str | Path | None = None):
-    """The toy DiT as a float32 diffusers ``WanTransformer3DModel`` (eval mode)."""
+    """The toy DiT as a float32 diffusers ``WanTransformer3DModel`` (inference mode)."""
     from ..checkpoints import dit_overrides_from_config, inspect_dit, load_dit_state_dict
     from ..standalone.models import load_wan_transformer
 
@@ -57,7 +57,7 @@ def load_toy_dit(path: str | Path = TOY_DIT, config_json: str | Path | None = No
 
 
 def load_toy_vae(path: str | Path = TOY_VAE):
-    """The toy VAE as a float32 diffusers ``AutoencoderKLWan`` (eval mode)."""
+    """The toy VAE as a float32 diffusers ``AutoencoderKLWan`` (inference mode)."""
     from ..standalone.models import load_wan_vae
 
     return load_wan_vae(_need(Path(path)), dtype=torch.float32)
