@@ -92,17 +92,29 @@ class MemoryWatch:
 def _fill(object_info: dict, node: str, inputs: dict[str, Any]) -> dict[str, Any]:
     """``inputs`` plus the default (or first option) of every other required widget of ``node``."""
     out = dict(inputs)
-    for name, spec in object_info[node]["input"].get("required", {}).items():
-        if name in out:
+    _fill_section(object_info[node]["input"], out, "")
+    return out
+
+
+def _fill_section(section: dict, out: dict[str, Any], prefix: str) -> None:
+    """Fill the required widgets of one input section; a dynamic combo (V3 nodes of newer
+    ComfyUI, e.g. Save Video's ``format``) takes its first option, whose own inputs are named
+    ``<combo>.<input>`` in an API prompt."""
+    for name, spec in section.get("required", {}).items():
+        key = prefix + name
+        if key in out:
             continue
         kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
         if isinstance(kind, list):
-            out[name] = opts.get("default", kind[0])
+            out[key] = opts.get("default", kind[0])
         elif kind == "COMBO":
-            out[name] = opts.get("default", opts.get("options", [None])[0])
+            out[key] = opts.get("default", opts.get("options", [None])[0])
+        elif kind == "COMFY_DYNAMICCOMBO_V3" and opts.get("options"):
+            option = opts["options"][0]
+            out[key] = option["key"]
+            _fill_section(option.get("inputs", {}), out, key + ".")
         elif "default" in opts:
-            out[name] = opts["default"]
-    return out
+            out[key] = opts["default"]
 
 
 def _common(api: dict[str, Any], info: dict, width: int, height: int) -> None:
@@ -269,8 +281,12 @@ def main() -> None:
         if a.toy:
             time_toy(root, python, models)
             return
-        rows = {name: measure(root, python, models, build, a)
-                for name, build in (("svi", svi_graph), ("native", native_graph))}  # fmt: skip
+        rows = {}
+        for name, build in (("svi", svi_graph), ("native", native_graph)):
+            rows[name] = measure(root, python, models, build, a)
+            # each graph takes minutes on a CPU: show its row as soon as it is measured
+            print(f"{name}: {json.dumps({k: round(v, 1) for k, v in rows[name].items()})}",
+                  flush=True)  # fmt: skip
     frames = a.clips * a.frames - (a.clips - 1)
     image_mb = frames * a.width * a.height * 3 * 4 / 2**20
     print(f"N = {a.clips} clips of {a.frames} frames at {a.width}x{a.height}, {a.steps} steps, "

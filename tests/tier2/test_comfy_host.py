@@ -421,10 +421,18 @@ def test_workflows_load_in_the_frontend(host, object_info):
     from selenium.webdriver.common.keys import Keys
 
     host.post("/settings/Comfy.TutorialCompleted", True)  # no template browser on first start
-    present = {
-        folder: set(host.get(f"/models/{folder}"))
-        for folder in ("diffusion_models", "loras", "vae", "text_encoders", "clip_vision")
+    folders = {
+        m["directory"]
+        for name in BUILDERS
+        for n in json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))["nodes"]
+        for m in n.get("properties", {}).get("models", [])
     }
+    present: dict[str, set[str]] = {}
+    for folder in sorted(folders):  # every folder a workflow names (model_patches, ...)
+        try:
+            present[folder] = set(host.get(f"/models/{folder}"))
+        except Exception:  # a folder this ComfyUI does not know: nothing is present there
+            present[folder] = set()
     opts = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         opts.add_argument(arg)
@@ -439,6 +447,10 @@ def test_workflows_load_in_the_frontend(host, object_info):
             time.sleep(0.5)
         for name in BUILDERS:
             ui = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
+            absent = {n["type"] for n in ui["nodes"]} - set(object_info) - FRONTEND_NODES
+            if absent:  # e.g. the Talk workflow on 0.3.64 (no core audio-encoder nodes)
+                print(f"{name}: not loadable on this ComfyUI (no {', '.join(sorted(absent))})")
+                continue
             res = drv.execute_async_script(
                 """const [wf, done] = arguments;
                 (async () => {
@@ -447,7 +459,7 @@ def test_workflows_load_in_the_frontend(host, object_info):
                     await new Promise(r => setTimeout(r, 1000));
                     const p = await window.app.graphToPrompt();
                     const nodes = window.app.graph._nodes.map(n => ({
-                      id: n.id, size: Array.from(n.size), min: Array.from(n.computeSize()),
+                      id: n.id, type: n.type, size: Array.from(n.size), min: Array.from(n.computeSize()),
                       box: Array.from(n.getBounding())}));
                     done({n: window.app.graph._nodes.length, output: p.output, nodes});
                   } catch (e) { done({error: String(e)}); }
@@ -460,8 +472,13 @@ def test_workflows_load_in_the_frontend(host, object_info):
                 k: {kk: vv for kk, vv in v.items() if kk != "_meta"}
                 for k, v in res["output"].items()
             }
+            for v in theirs.values():  # widgets only the frontend has (Load Video's preview)
+                for key in FRONTEND_ONLY_INPUTS:
+                    v.get("inputs", {}).pop(key, None)
             assert theirs == ui_to_api(ui, object_info), name
             for node in res["nodes"]:
+                if node["type"] in PREVIEW_SIZED:
+                    continue
                 assert all(m <= s + 0.5 for m, s in zip(node["min"], node["size"], strict=True)), (
                     name,
                     node,
@@ -495,6 +512,15 @@ def test_workflows_load_in_the_frontend(host, object_info):
             time.sleep(0.5)
     finally:
         drv.quit()
+
+
+FRONTEND_ONLY_INPUTS = ("video-preview",)
+FRONTEND_NODES = {"MarkdownNote", "Note"}
+"""Node types only the frontend knows (no server class)."""
+PREVIEW_SIZED = ("LoadVideo",)
+"""Nodes whose computeSize() follows their media preview (it grows with the node's own width),
+so it is no minimum; the overlap check below still covers them."""
+"""Widget values the frontend puts into an API prompt that the server ignores."""
 
 
 def test_wan22_dit_sees_bfloat16_timesteps(host):

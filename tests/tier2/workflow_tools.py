@@ -565,7 +565,7 @@ def dance() -> dict[str, Any]:
         *_stack(440, [
             {"id": 5, "type": "SVIPromptStream", "size": [400, 200],
              "widgets": ["the person is dancing", 0, ""]},
-            {"id": 8, "type": "LoadVideo", "size": [320, 340], "widgets": [POSE_VIDEO, "image"]},
+            {"id": 8, "type": "LoadVideo", "size": [430, 340], "widgets": [POSE_VIDEO, "image"]},
             {"id": 9, "type": "GetVideoComponents", "size": [240, 100]},
         ]),
         {"id": 6, "type": "SVIInfiniteSampler", "pos": [900, 0], "size": [420, 760],
