@@ -194,10 +194,7 @@ class GenerateOptions:
 
     def loaded_loras(self) -> tuple[LoadedLora, ...]:
         """The LoRAs of both models as a schedule names them."""
-        return tuple(
-            [LoadedLora(x.schedule_name, "high", x.strength) for x in self.files.loras]
-            + [LoadedLora(x.schedule_name, "low", x.strength) for x in self.files.low_noise_loras]
-        )
+        return loaded_loras(self.files.loras, self.files.low_noise_loras)
 
     def schedule_condition(self) -> ScheduleCondition | None:
         """The run's per-clip schedule condition (None without ``--schedule``)."""
@@ -206,6 +203,17 @@ class GenerateOptions:
         return ScheduleCondition(
             self.schedule, images=self.schedule_images, loras=self.loaded_loras()
         )
+
+
+def loaded_loras(
+    loras: Sequence[LoraSpec], low_noise_loras: Sequence[LoraSpec]
+) -> tuple[LoadedLora, ...]:
+    """The LoRAs of both models (``--lora`` on the high-noise / only DiT, ``--low-noise-lora``
+    on the low-noise expert) as a schedule names them."""
+    return tuple(
+        [LoadedLora(x.schedule_name, "high", x.strength) for x in loras]
+        + [LoadedLora(x.schedule_name, "low", x.strength) for x in low_noise_loras]
+    )
 
 
 # ----- parsing ------------------------------------------------------------------------------
@@ -522,8 +530,7 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         condition = ScheduleCondition(
             schedule,
             images=schedule_images,
-            loras=[LoadedLora(x.schedule_name, "high", x.strength) for x in loras]
-            + [LoadedLora(x.schedule_name, "low", x.strength) for x in low_loras],
+            loras=loaded_loras(loras, low_loras),
         )
         problems.check(condition.validate, settings)
     problems.raise_if_any()

@@ -90,10 +90,11 @@ class RunSettings:
 
     def identity(self) -> dict[str, Any]:
         """The JSON-able settings a run directory is bound to (everything but ``num_clips``
-        and the mode's informative ``lora`` file hint: the LoRA weights themselves are bound
-        through the run's inputs)."""
+        and :data:`INFORMATIVE_MODE_FIELDS`: the LoRA weights themselves are bound through the
+        run's inputs)."""
         d = dataclasses.asdict(self.mode)
-        d.pop("lora", None)
+        for name in INFORMATIVE_MODE_FIELDS:
+            d.pop(name)
         d.update(width=self.width, height=self.height, crf=self.crf)
         d["drift_guard"] = self.drift_guard.identity()
         return d
@@ -121,6 +122,12 @@ class RunSettings:
             raise SVIError("; ".join(found))
 
 
+INFORMATIVE_MODE_FIELDS = tuple(
+    f.name for f in dataclasses.fields(ModeConfig) if not f.metadata.get("identity", True)
+)
+"""ModeConfig fields that describe a mode but do not bind a run (``lora``, the file hint)."""
+
+
 def identity_defaults() -> dict[str, Any]:
     """What a setting or input that an older run directory did not record stood for.
 
@@ -132,9 +139,9 @@ def identity_defaults() -> dict[str, Any]:
     for f in dataclasses.fields(ModeConfig):
         if f.default is not dataclasses.MISSING:
             out[f.name] = json.loads(json.dumps(f.default))
-    # the file-name hint was recorded by earlier versions; it is not compared (it is text that
-    # changed when the official files were renamed, not a property of the video)
-    out["lora"] = NOT_RECORDED
+    # informative fields recorded by earlier versions are not compared (the LoRA file-name
+    # hint changed when the official files were renamed; it is not a property of the video)
+    out.update(dict.fromkeys(INFORMATIVE_MODE_FIELDS, NOT_RECORDED))
     return out
 
 

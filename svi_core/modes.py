@@ -115,7 +115,7 @@ class ModeConfig:
 
     name: str
     model: Literal["wan2.1", "wan2.2"]
-    lora: str
+    lora: str = dataclasses.field(metadata={"identity": False})  # a file-name hint only
     carry: CarrySpace
     motion_frames: int
     motion_latents: int

@@ -21,47 +21,14 @@ from svi_core.errors import CheckpointError, SVIError
 
 transformers = pytest.importorskip("transformers")
 
+from train.tiny import save_wav2vec2_folder, tiny_wav2vec2_config  # noqa: E402
+
 FIX = Path(__file__).resolve().parent / "fixtures" / "multitalk"
 
 
-def _config(**kw):
-    base = dict(
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        conv_dim=(32,) * 7,
-        conv_bias=False,
-        feat_extract_norm="group",
-        do_stable_layer_norm=False,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        feat_proj_dropout=0.0,
-        layerdrop=0.0,
-    )
-    base.update(kw)
-    return transformers.Wav2Vec2Config(**base)
-
-
-def _save(folder: Path, model, do_normalize: bool = False) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(folder))
-    (folder / "preprocessor_config.json").write_text(
-        json.dumps(
-            {
-                "feature_extractor_type": "Wav2Vec2FeatureExtractor",
-                "do_normalize": do_normalize,
-                "feature_size": 1,
-                "padding_value": 0.0,
-                "sampling_rate": 16000,
-            }
-        ),
-        encoding="utf-8",
-    )
-    return folder
+# the tiny wav2vec2 of train.tiny (other test modules import these names from here)
+_config = tiny_wav2vec2_config
+_save = save_wav2vec2_folder
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from svi_core.errors import SVIError
-from train.cache import Encoders, diffusers_vae_encoder
+from train.cache import Encoders
 from train.config import preset
 from train.loop import TrainModels, train
 from train.tiny import (
     moving_frames,
-    tiny_clip_encoder,
-    tiny_text_encoder,
+    tiny_encoders,
     tiny_transformer,
-    tiny_vae,
     write_video,
 )
 
@@ -90,14 +88,7 @@ def runs(tmp_path_factory) -> tuple[Path, Encoders]:
     root = tmp_path_factory.mktemp("ckpt")
     for i in range(2):
         write_video(root / "ds" / f"v{i}.mp4", moving_frames(12, 32, 48, seed=i))
-    enc = Encoders(
-        diffusers_vae_encoder(tiny_vae()),
-        tiny_text_encoder(),
-        tiny_clip_encoder(),
-        video_id="tiny-vae",
-        text_id="tiny-text",
-        clip_id="tiny-clip",
-    )
+    enc = tiny_encoders()
     train(_cfg(root, "four", max_steps=4), _models(enc))
     train(_cfg(root, "six", max_steps=6), _models(enc))  # uninterrupted reference
     return root, enc

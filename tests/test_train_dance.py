@@ -6,8 +6,6 @@ with ``video.mp4`` + ``dwpose.mp4`` (moving coloured lines on black as skeletons
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +13,11 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from train_support import cached_samples, read_rows
 
 from svi_core.errors import SVIError
 from train.banks import ErrorBanks
-from train.cache import CachedSample, Encoders, FeatureCache, diffusers_vae_encoder, load_sample
+from train.cache import Encoders
 from train.conditions import StepCondition, condition_rng
 from train.config import TrainConfig, preset
 from train.dance import DanceFamily, list_dance_videos, pack_pose_frames, unpack_pose_frames
@@ -28,10 +27,8 @@ from train.loop import TrainModels, add_lora, erft_step, step_rngs, train
 from train.tiny import (
     moving_frames,
     skeleton_frames,
-    tiny_clip_encoder,
-    tiny_text_encoder,
+    tiny_encoders,
     tiny_transformer,
-    tiny_vae,
     write_video,
 )
 
@@ -51,14 +48,7 @@ def kit(tmp_path_factory):
         folder = root / "ds" / f"{i:05d}"
         write_video(folder / "video.mp4", moving_frames(12, 56, 40, seed=i))
         write_video(folder / "dwpose.mp4", skeleton_frames(12, 56, 40, seed=i))
-    enc = Encoders(
-        diffusers_vae_encoder(tiny_vae()),
-        tiny_text_encoder(),
-        tiny_clip_encoder(),
-        video_id="tiny-vae",
-        text_id="tiny-text",
-        clip_id="tiny-clip",
-    )
+    enc = tiny_encoders()
     return root, enc
 
 
@@ -81,18 +71,6 @@ def _cfg(root: Path, name: str, **kw) -> TrainConfig:
     )
     base.update(kw)
     return preset("dance", **base)
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _samples(root: Path):
-    cache = FeatureCache(root / "cache")
-    manifest = sorted((root / "cache").glob("manifest-*.json"))[0]
-    entries = [CachedSample(**e) for e in json.loads(manifest.read_text())["samples"]]
-    return [load_sample(cache, e) for e in entries]
 
 
 def _kw(s, seed: int = 5) -> dict:
@@ -182,7 +160,7 @@ def test_dance_trains_lora_and_pose_embedding_exports_and_resumes(kit):
     dit = tiny_transformer(num_layers=1)
     cfg = _cfg(root, "run", max_steps=6, checkpoint_every=3)
     path = train(cfg, TrainModels(transformer=dit, encoders=enc))
-    rows = _rows(root / "run" / "loss.csv")
+    rows = read_rows(root / "run" / "loss.csv")
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
     assert all(np.isfinite(float(r["loss"])) for r in rows)
 
@@ -210,7 +188,7 @@ def test_dance_trains_lora_and_pose_embedding_exports_and_resumes(kit):
         assert f.metadata()["svi_mode"] == "dance"
     dance = load_dance_file(path, expected_dim=32)
     assert dance.pose.hidden == 4 and dance.pose.dim == 32
-    s = _samples(root)[0]
+    s = cached_samples(root)[0]
     kw = _kw(s)
     dit.train(False)
     with torch.no_grad():
@@ -238,7 +216,7 @@ def test_dance_trains_lora_and_pose_embedding_exports_and_resumes(kit):
     ba = load_file(str(root / "run" / "checkpoints" / "step_0000006" / "banks.rank0.safetensors"))
     bb = load_file(str(root / "part" / "checkpoints" / "step_0000006" / "banks.rank0.safetensors"))
     assert ba.keys() == bb.keys() and all(torch.equal(ba[k], bb[k]) for k in ba)
-    assert [r["loss"] for r in _rows(root / "part" / "loss.csv")] == [r["loss"] for r in rows]
+    assert [r["loss"] for r in read_rows(root / "part" / "loss.csv")] == [r["loss"] for r in rows]
 
 
 def _setup(root: Path, enc: Encoders, **kw):
@@ -250,7 +228,7 @@ def _setup(root: Path, enc: Encoders, **kw):
     model = add_lora(tiny_transformer(num_layers=1), cfg)
     fam = DanceFamily()
     fam.attach(model, cfg)
-    return cfg, fam, model, _samples(root)
+    return cfg, fam, model, cached_samples(root)
 
 
 def _loss(model, sample, cfg, condition: StepCondition, banks=None) -> float:

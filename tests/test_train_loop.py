@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -14,18 +13,17 @@ import pytest
 import torch
 from parity_support import fixtures_dir
 from safetensors.torch import load_file
+from train_support import read_rows
 
 from svi_core.errors import SVIError
 from svi_core.lora import apply_lora_to_diffusers, load_lora
-from train.cache import Encoders, diffusers_vae_encoder
+from train.cache import Encoders
 from train.config import preset
 from train.loop import TrainModels, add_lora, train
 from train.tiny import (
     moving_frames,
-    tiny_clip_encoder,
-    tiny_text_encoder,
+    tiny_encoders,
     tiny_transformer,
-    tiny_vae,
     write_video,
 )
 
@@ -47,14 +45,7 @@ def toy(tmp_path_factory) -> tuple[Path, Encoders]:
     for i in range(2):
         write_video(root / "ds" / f"v{i}.mp4", moving_frames(12, 32, 48, seed=i))
         (root / "ds" / f"v{i}.txt").write_text(f"a moving pattern number {i}")
-    enc = Encoders(
-        diffusers_vae_encoder(tiny_vae()),
-        tiny_text_encoder(),
-        tiny_clip_encoder(),
-        video_id="tiny-vae",
-        text_id="tiny-text",
-        clip_id="tiny-clip",
-    )
+    enc = tiny_encoders()
     return root, enc
 
 
@@ -80,11 +71,6 @@ def _cfg(root: Path, name: str, **kw):
 
 def _models(enc: Encoders, seed: int = 0) -> TrainModels:
     return TrainModels(transformer=tiny_transformer(seed=seed, num_layers=1), encoders=enc)
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _fixed_inputs(root: Path) -> list[dict[str, torch.Tensor]]:
@@ -133,7 +119,7 @@ def test_erft_lowers_loss_and_export_round_trips(toy):
     cfg = _cfg(root, "erft", max_steps=20, checkpoint_every=20, learning_rate=1e-2)
     path = train(cfg, _models(enc))
     assert path == cfg.export_file and path.is_file()
-    rows = _rows(root / "erft" / "loss.csv")
+    rows = read_rows(root / "erft" / "loss.csv")
     assert [int(r["step"]) for r in rows] == list(range(1, 21))
     assert int(rows[-1]["bank_entries"]) > 0  # errors were recycled
     assert any(r["latent_err"] == "1" for r in rows[5:]) and any(r["clean"] == "1" for r in rows)
@@ -187,10 +173,10 @@ def test_resume_matches_uninterrupted_run(toy):
     ba = load_file(str(root / "full" / "checkpoints" / "step_0000006" / "banks.rank0.safetensors"))
     bb = load_file(str(root / "part" / "checkpoints" / "step_0000006" / "banks.rank0.safetensors"))
     assert ba.keys() == bb.keys() and all(torch.equal(ba[k], bb[k]) for k in ba)
-    rows = _rows(root / "part" / "loss.csv")
+    rows = read_rows(root / "part" / "loss.csv")
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
-    assert rows == _rows(root / "full" / "loss.csv") or [r["loss"] for r in rows] == [
-        r["loss"] for r in _rows(root / "full" / "loss.csv")
+    assert rows == read_rows(root / "full" / "loss.csv") or [r["loss"] for r in rows] == [
+        r["loss"] for r in read_rows(root / "full" / "loss.csv")
     ]
 
     # resuming under another config is refused, naming the field
@@ -207,7 +193,7 @@ def test_plain_lora_has_no_banks(toy):
     cfg = _cfg(root, "plain", max_steps=3, erft_enabled=False, precision="bf16")
     path = train(cfg, _models(enc))
     assert path.name == "svi-shot-plain.safetensors"
-    rows = _rows(root / "plain" / "loss.csv")
+    rows = read_rows(root / "plain" / "loss.csv")
     assert all(r["bank_entries"] == "0" and r["latent_err"] == "0" for r in rows)
     assert not list((root / "plain" / "checkpoints").glob("*/banks.*"))
     assert all(float(r["loss"]) == float(r["loss"]) and float(r["grad_norm"]) > 0 for r in rows)
@@ -296,7 +282,7 @@ def test_distributed_two_processes_gloo(toy, tmp_path: Path):
         assert len(e0) == len(e1) == 6, strategy
         shared = sum(any(torch.equal(a, b) for b in e1) for a in e0)
         assert shared == 4, strategy
-        assert len(_rows(out / "loss.csv")) == 4, strategy
+        assert len(read_rows(out / "loss.csv")) == 4, strategy
 
 
 FIXTURES = fixtures_dir()
@@ -341,9 +327,9 @@ def test_cli_end_to_end_with_model_files(toy, tmp_path: Path):
     assert main(["--config", str(toml), "--max_steps", "3", "--precision", "fp32"]) == 0
     lora = load_lora(tmp_path / "out" / "svi-film-erft.safetensors")
     assert len(lora) == cfg["num_layers"] * 10 and lora.rank == 4
-    assert len(_rows(tmp_path / "out" / "loss.csv")) == 3
+    assert len(read_rows(tmp_path / "out" / "loss.csv")) == 3
     # same settings, more steps: resumes from the checkpoint; other settings: refused
     assert main(["--config", str(toml), "--max_steps", "4", "--resume", "latest"]) == 2  # bf16
     assert main(["--config", str(toml), "--max_steps", "4", "--precision", "fp32",
                  "--resume", "latest"]) == 0  # fmt: skip
-    assert [int(r["step"]) for r in _rows(tmp_path / "out" / "loss.csv")] == [1, 2, 3, 4]
+    assert [int(r["step"]) for r in read_rows(tmp_path / "out" / "loss.csv")] == [1, 2, 3, 4]

@@ -6,7 +6,7 @@ a tiny wav2vec2 folder, and 25 fps videos with a speech-like sound muxed in (or 
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import json
 import random
 import shutil
@@ -18,9 +18,10 @@ import torch
 from parity_support import fixtures_dir
 from safetensors import safe_open
 from safetensors.torch import load_file
+from train_support import cached_entries, cached_samples, read_rows
 
 from svi_core.errors import SVIError
-from train.cache import CachedSample, Encoders, FeatureCache, diffusers_vae_encoder, load_sample
+from train.cache import Encoders
 from train.conditions import condition_rng
 from train.config import TrainConfig, load_config, preset
 from train.data import VideoItem
@@ -30,11 +31,9 @@ from train.talk import TalkFamily, list_talk_videos, wav2vec2_encoder
 from train.tiny import (
     moving_frames,
     speech_like,
-    tiny_clip_encoder,
+    tiny_encoders,
     tiny_multitalk,
-    tiny_text_encoder,
     tiny_transformer,
-    tiny_vae,
     tiny_wav2vec2,
     write_video,
     write_video_with_audio,
@@ -64,16 +63,7 @@ def kit(tmp_path_factory):
     w2v = tiny_wav2vec2(root / "w2v")
     mt = tiny_multitalk(root / "multitalk.safetensors", tiny_transformer(num_layers=1))
     features, audio_id = wav2vec2_encoder(str(w2v))
-    enc = Encoders(
-        diffusers_vae_encoder(tiny_vae()),
-        tiny_text_encoder(),
-        tiny_clip_encoder(),
-        video_id="tiny-vae",
-        text_id="tiny-text",
-        clip_id="tiny-clip",
-        audio_features=features,
-        audio_id=audio_id,
-    )
+    enc = dataclasses.replace(tiny_encoders(), audio_features=features, audio_id=audio_id)
     return root, enc, mt
 
 
@@ -96,18 +86,6 @@ def _cfg(root: Path, mt: Path, name: str, **kw) -> TrainConfig:
     )
     base.update(kw)
     return preset("talk", **base)
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _first_sample(root: Path):
-    cache = FeatureCache(root / "cache")
-    manifest = sorted((root / "cache").glob("manifest-*.json"))[0]
-    entries = [CachedSample(**e) for e in json.loads(manifest.read_text())["samples"]]
-    return [load_sample(cache, e) for e in entries], entries
 
 
 def test_talk_preset_is_the_official_recipe():
@@ -173,7 +151,7 @@ def test_talk_trains_exports_and_resumes_bit_exactly(kit):
     frozen = {k: v.clone() for k, v in load_file(str(mt)).items()}
     cfg = _cfg(root, mt, "run", max_steps=6, checkpoint_every=3)
     path = train(cfg, TrainModels(transformer=dit, encoders=enc))
-    rows = _rows(root / "run" / "loss.csv")
+    rows = read_rows(root / "run" / "loss.csv")
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
     assert all(np.isfinite(float(r["loss"])) and float(r["grad_norm"]) > 0 for r in rows)
     assert int(rows[-1]["bank_entries"]) > 0
@@ -198,7 +176,7 @@ def test_talk_trains_exports_and_resumes_bit_exactly(kit):
     from svi_core.lora import apply_lora_to_diffusers, load_lora
     from svi_core.standalone.multitalk import attach_multitalk, load_multitalk
 
-    samples, _ = _first_sample(root)
+    samples = cached_samples(root)
     s = samples[0]
     g = torch.Generator().manual_seed(5)
     x = torch.randn(s.latent.shape, generator=g)
@@ -235,7 +213,7 @@ def test_talk_trains_exports_and_resumes_bit_exactly(kit):
     ba = load_file(str(root / "run" / "checkpoints" / "step_0000006" / "banks.rank0.safetensors"))
     bb = load_file(str(root / "part" / "checkpoints" / "step_0000006" / "banks.rank0.safetensors"))
     assert ba.keys() == bb.keys() and all(torch.equal(ba[k], bb[k]) for k in ba)
-    assert [r["loss"] for r in _rows(root / "part" / "loss.csv")] == [r["loss"] for r in rows]
+    assert [r["loss"] for r in read_rows(root / "part" / "loss.csv")] == [r["loss"] for r in rows]
 
 
 def _model_and_sample(root: Path, mt: Path, enc: Encoders, **kw):
@@ -247,7 +225,7 @@ def _model_and_sample(root: Path, mt: Path, enc: Encoders, **kw):
     model = add_lora(tiny_transformer(num_layers=1), cfg)
     fam = TalkFamily()
     fam.attach(model, cfg)
-    samples, _ = _first_sample(root)
+    samples = cached_samples(root)
     fam.check_sample(model, samples[0])
     return cfg, fam, model, samples
 
@@ -325,7 +303,7 @@ def test_windows_start_at_the_clip(kit):
 
     root, enc, mt = kit
     _cfg_, _fam, _m, samples = _model_and_sample(root, mt, enc)
-    _, entries = _first_sample(root)
+    entries = cached_entries(root)
     for s, e in zip(samples, entries, strict=True):
         item = VideoItem(Path(e.video), "", audio=Path(e.video))
         src = (

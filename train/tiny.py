@@ -77,6 +77,21 @@ def tiny_clip_encoder(seed: int = 0):
     return encode
 
 
+def tiny_encoders():
+    """``train.cache.Encoders`` of the tiny random VAE, text and CLIP encoders (the ids the
+    tests' feature caches are keyed by: tiny-vae, tiny-text, tiny-clip)."""
+    from .cache import Encoders, diffusers_vae_encoder
+
+    return Encoders(
+        diffusers_vae_encoder(tiny_vae()),
+        tiny_text_encoder(),
+        tiny_clip_encoder(),
+        video_id="tiny-vae",
+        text_id="tiny-text",
+        clip_id="tiny-clip",
+    )
+
+
 def moving_frames(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     """uint8 ``[F, H, W, 3]``: a smooth random colour field drifting right by 1 px per frame."""
     rng = np.random.default_rng(seed)
@@ -104,15 +119,12 @@ TINY_W2V_LAYERS = 2
 TINY_W2V_HIDDEN = 16
 
 
-def tiny_wav2vec2(folder: str | Path, seed: int = 0) -> Path:
-    """Write a random 2-layer x 16 wav2vec2 (base style: group-norm feature encoder, post-LN) as
-    a local folder (``config.json``, ``preprocessor_config.json`` without normalisation,
-    ``model.safetensors``); features are ``[T_a, 2, 16]``."""
-    import json
-
+def tiny_wav2vec2_config(**overrides):
+    """A transformers ``Wav2Vec2Config`` of a random 2-layer x 16 wav2vec2 (base style:
+    group-norm feature encoder, post-LN, no dropout); ``overrides`` replace its fields."""
     import transformers
 
-    cfg = transformers.Wav2Vec2Config(
+    fields = dict(
         hidden_size=TINY_W2V_HIDDEN,
         num_hidden_layers=TINY_W2V_LAYERS,
         num_attention_heads=2,
@@ -129,8 +141,15 @@ def tiny_wav2vec2(folder: str | Path, seed: int = 0) -> Path:
         feat_proj_dropout=0.0,
         layerdrop=0.0,
     )
-    torch.manual_seed(seed)
-    model = transformers.Wav2Vec2Model(cfg).train(False)
+    fields.update(overrides)
+    return transformers.Wav2Vec2Config(**fields)
+
+
+def save_wav2vec2_folder(folder: str | Path, model, do_normalize: bool = False) -> Path:
+    """Write ``model`` (a transformers wav2vec2) as a local folder like the official one:
+    ``config.json``, ``model.safetensors`` and a 16 kHz ``preprocessor_config.json``."""
+    import json
+
     p = Path(folder)
     p.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(p))
@@ -138,7 +157,7 @@ def tiny_wav2vec2(folder: str | Path, seed: int = 0) -> Path:
         json.dumps(
             {
                 "feature_extractor_type": "Wav2Vec2FeatureExtractor",
-                "do_normalize": False,
+                "do_normalize": do_normalize,
                 "feature_size": 1,
                 "padding_value": 0.0,
                 "sampling_rate": 16000,
@@ -147,6 +166,16 @@ def tiny_wav2vec2(folder: str | Path, seed: int = 0) -> Path:
         encoding="utf-8",
     )
     return p
+
+
+def tiny_wav2vec2(folder: str | Path, seed: int = 0) -> Path:
+    """Write a random :func:`tiny_wav2vec2_config` wav2vec2 as a local folder
+    (:func:`save_wav2vec2_folder`, no normalisation); features are ``[T_a, 2, 16]``."""
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.Wav2Vec2Model(tiny_wav2vec2_config()).train(False)
+    return save_wav2vec2_folder(folder, model)
 
 
 def tiny_multitalk(

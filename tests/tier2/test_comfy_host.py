@@ -421,10 +421,14 @@ def test_workflows_load_in_the_frontend(host, object_info):
     from selenium.webdriver.common.keys import Keys
 
     host.post("/settings/Comfy.TutorialCompleted", True)  # no template browser on first start
+    workflows = {
+        name: json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
+        for name in BUILDERS
+    }
     folders = {
         m["directory"]
-        for name in BUILDERS
-        for n in json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))["nodes"]
+        for ui in workflows.values()
+        for n in ui["nodes"]
         for m in n.get("properties", {}).get("models", [])
     }
     present: dict[str, set[str]] = {}
@@ -445,8 +449,7 @@ def test_workflows_load_in_the_frontend(host, object_info):
         while not drv.execute_script("return !!(window.app && window.app.graph)"):
             assert time.time() < deadline, "the frontend did not start"
             time.sleep(0.5)
-        for name in BUILDERS:
-            ui = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
+        for name, ui in workflows.items():
             absent = {n["type"] for n in ui["nodes"]} - set(object_info) - FRONTEND_NODES
             if absent:  # e.g. the Talk workflow on 0.3.64 (no core audio-encoder nodes)
                 print(f"{name}: not loadable on this ComfyUI (no {', '.join(sorted(absent))})")
