@@ -82,11 +82,15 @@ def continue_base(
 ) -> dict:
     """Train from the shipped toy DiT; writes ``out/dit.safetensors`` (diffusers names, the
     best-validation weights) and ``out/base_curve.json``; returns the curve record. Resumes
-    from ``out/ckpt.pt`` (step-exact: the batch draw is a function of (seed, step))."""
+    from ``out/ckpt.pt`` (step-exact: the batch draw is a function of (seed, step); the best
+    weights so far are in the checkpoint too), so raising ``max_steps`` of a finished run
+    continues it to the same weights a longer run from scratch would reach."""
     out.mkdir(parents=True, exist_ok=True)
     curve_path = out / "base_curve.json"
     if (out / "dit.safetensors").is_file() and curve_path.is_file():
-        return json.loads(curve_path.read_text())
+        done = json.loads(curve_path.read_text())
+        if done["stopped"] == "flattened" or done["steps"] >= max_steps:
+            return done
     from erft_data import dedupe_constant_rows
 
     dit = load_toy_dit(TOY_DIT).train()
@@ -102,16 +106,26 @@ def continue_base(
         opt.load_state_dict(st["opt"])
         step, cpu = int(st["step"]), float(st["cpu"])
         curve = json.loads(st["curve"])
+        if step > max_steps:
+            raise ValueError(f"{ckpt} is at step {step}, past max_steps {max_steps}: its "
+                             "weights are not those of a shorter run; use another folder")  # fmt: skip
     else:
         curve.append({"step": 0, "val": val_loss(dit, val), "cpu_s": 0.0})
         log(f"base: shipped toy DiT, one-clip val loss {curve[-1]['val']:.5f}")
     best = min(c["val"] for c in curve)
     best_state = {k: v.detach().clone() for k, v in dit.state_dict().items()}
+    if ckpt.is_file():
+        if "best" in st:
+            best_state = st["best"]
+        elif curve[-1]["val"] > best:
+            log(f"warning: {ckpt} predates saved best weights; the best (val {best:.5f}) is "
+                f"lost, the weights of step {step} stand in for it")  # fmt: skip
+        log(f"base: resumed at step {step} (best val {best:.5f}), continuing to {max_steps}")
     n = pool["x0"].shape[0]
     bs = 8
     c0 = time.process_time()
-    stopped = "max_steps"
-    while step < max_steps:
+    stopped = "flattened" if _flat(curve, window, min_gain) else "max_steps"
+    while step < max_steps and stopped == "max_steps":
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         idx = torch.randint(0, n, (bs,), generator=gen)
         noise = torch.randn(pool["x0"][idx].shape, generator=gen)
@@ -138,7 +152,7 @@ def continue_base(
             log(f"base step {step}: val {v:.5f} (best {best:.5f}), {spent / 60:.1f} CPU min")
             torch.save(
                 {"model": dit.state_dict(), "opt": opt.state_dict(), "step": step,
-                 "cpu": spent, "curve": json.dumps(curve)},
+                 "cpu": spent, "curve": json.dumps(curve), "best": best_state},
                 ckpt,
             )  # fmt: skip
             if _flat(curve, window, min_gain):

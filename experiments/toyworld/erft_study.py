@@ -65,7 +65,7 @@ class Study:
     lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
     rank: int = 16
     bank_capacity: int = 500
-    base_steps: int = 3000
+    base_steps: int = 12000
     base_pool: int = 2000
     base_eval_every: int = 200
     base_window: int = 800
@@ -122,9 +122,10 @@ def phase_base(work: Path, st: Study, skip: bool) -> tuple[Path, dict]:
     bdir.mkdir(parents=True, exist_ok=True)
     exported = bdir / "official" / "toy_wan_dit.safetensors"
     rec_path = bdir / "record.json"
-    if rec_path.is_file() and (exported.is_file() or skip):
-        rec = json.loads(rec_path.read_text())
-        return Path(rec["dit"]), rec
+    prev = json.loads(rec_path.read_text()) if rec_path.is_file() else {}
+    if prev and (exported.is_file() or skip):
+        if skip or prev["stopped"] == "flattened" or prev["steps"] >= st.base_steps:
+            return Path(prev["dit"]), prev
     from erft_rollout import cpu_seconds
 
     c0 = cpu_seconds()
@@ -154,7 +155,7 @@ def phase_base(work: Path, st: Study, skip: bool) -> tuple[Path, dict]:
         clips = erft_data.fresh_scenes(st.seed, "base", st.base_pool)
         save_file(erft_data.encode_clips_cached(vae, clips, bdir / "pool_chunks", log),
                   str(pool_path))  # fmt: skip
-    encode_cpu = cpu_seconds() - c0
+    encode_cpu = prev.get("encode_cpu_s", 0.0) + cpu_seconds() - c0  # kept when continued
     record = erft_base.continue_base(
         bdir / "train", load_file(str(pool_path)), val, st.seed, st.base_steps,
         eval_every=st.base_eval_every, window=st.base_window, log=log,
@@ -326,6 +327,31 @@ def select_lr(val: dict[str, list[dict]], st: Study) -> tuple[float, dict[str, f
     return float(best), scores
 
 
+def supersede_base(work: Path, old: dict, cur: dict) -> None:
+    """Accept a changed configuration only when it raises ``base_steps`` above where the cached
+    base stopped at its cap: the base then continues step-exactly, and everything trained or
+    rolled out on the old base (``loras``, ``rollouts``, ``results``) moves to
+    ``work/superseded_base<steps>/``; the data and caches stay. Anything else: SystemExit."""
+    changed = sorted(k for k in set(old) | set(cur) if old.get(k) != cur.get(k))
+    rec_path = work / "base" / "record.json"
+    rec = json.loads(rec_path.read_text()) if rec_path.is_file() else {}
+    if changed != ["base_steps"] or not (
+        cur["base_steps"] > old["base_steps"] and rec.get("stopped", "max_steps") == "max_steps"
+    ):
+        raise SystemExit(
+            f"{work / 'study.json'} holds another configuration ({', '.join(changed)} differ); "
+            "use another --work (only raising --base-steps of a base that stopped at its cap "
+            "continues in the same folder)"
+        )
+    archive = work / f"superseded_base{old['base_steps']}"
+    archive.mkdir(exist_ok=True)
+    for name in ("loras", "rollouts", "results"):
+        if (work / name).exists():
+            (work / name).rename(archive / name)
+    log(f"base_steps {old['base_steps']} -> {cur['base_steps']}: the base continues; LoRAs, "
+        f"rollouts and results of the old base moved to {archive}")  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------ main
 
 
@@ -349,13 +375,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--ablations", choices=("auto", "yes", "no"), default=None)
     p.add_argument("--scenes", type=int, default=None)
+    p.add_argument(
+        "--base-steps",
+        type=int,
+        default=None,
+        help="cap of the base continuation (raising it continues a finished base step-exactly)",
+    )
     p.add_argument("--clips", type=int, default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     st = Study.reduced(a.seed) if a.reduced else Study(seed=a.seed)
     over = {k: v for k, v in (("ablations", a.ablations), ("scenes", a.scenes),
-                              ("clips", a.clips)) if v is not None}  # fmt: skip
+                              ("clips", a.clips), ("base_steps", a.base_steps))
+            if v is not None}  # fmt: skip
     if over:
         st = Study(**{**asdict(st), **over})
     work = a.work
@@ -363,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     saved = work / "study.json"
     cur = {**asdict(st), "lrs": list(st.lrs), "skip_pretrain": a.skip_pretrain}
     if saved.is_file() and json.loads(saved.read_text()) != cur:
-        raise SystemExit(f"{saved} holds another configuration; use another --work")
+        supersede_base(work, json.loads(saved.read_text()), cur)
     saved.write_text(json.dumps(cur, indent=1))
     out = a.out or work / "results"
     out.mkdir(parents=True, exist_ok=True)

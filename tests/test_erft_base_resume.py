@@ -1,0 +1,48 @@
+"""The ERFT study's base continuation (experiments/toyworld/erft_base.py): raising the step cap
+of a finished run continues it to exactly the weights and curve of one longer run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "toyworld"))
+erft_base = pytest.importorskip("erft_base")
+pytest.importorskip("diffusers")
+
+
+def _clips(n: int, seed: int) -> dict[str, torch.Tensor]:
+    """Random normalised latents ``[n, 16, 4, 6, 8]`` (the toy clip's latent grid)."""
+    g = torch.Generator().manual_seed(seed)
+    return {"x0": torch.randn(n, 16, 4, 6, 8, generator=g),
+            "cond": torch.randn(n, 16, 4, 6, 8, generator=g)}  # fmt: skip
+
+
+def test_raising_the_cap_continues_step_exactly(tmp_path: Path):
+    torch.set_num_threads(1)
+    pool, val = _clips(6, 1), _clips(2, 2)
+    quiet = lambda _msg: None  # noqa: E731
+    one = erft_base.continue_base(tmp_path / "one", pool, val, 0, 4, eval_every=2, window=100,
+                                  log=quiet)  # fmt: skip
+    first = erft_base.continue_base(tmp_path / "two", pool, val, 0, 2, eval_every=2, window=100,
+                                    log=quiet)  # fmt: skip
+    assert first["steps"] == 2 and first["stopped"] == "max_steps"
+    two = erft_base.continue_base(tmp_path / "two", pool, val, 0, 4, eval_every=2, window=100,
+                                  log=quiet)  # fmt: skip
+    assert two["steps"] == 4
+    assert [c["val"] for c in two["curve"]] == [c["val"] for c in one["curve"]]
+    a = load_file(str(tmp_path / "one" / "dit.safetensors"))
+    b = load_file(str(tmp_path / "two" / "dit.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rec = json.loads((tmp_path / "two" / "base_curve.json").read_text())
+    assert rec["best_val"] == min(c["val"] for c in rec["curve"])
+    with pytest.raises(ValueError, match="past max_steps"):
+        (tmp_path / "two" / "dit.safetensors").unlink()
+        erft_base.continue_base(tmp_path / "two", pool, val, 0, 3, eval_every=2, window=100,
+                                log=quiet)  # fmt: skip
