@@ -46,3 +46,32 @@ def test_raising_the_cap_continues_step_exactly(tmp_path: Path):
         (tmp_path / "two" / "dit.safetensors").unlink()
         erft_base.continue_base(tmp_path / "two", pool, val, 0, 3, eval_every=2, window=100,
                                 log=quiet)  # fmt: skip
+
+
+def _study(work: Path, base_steps: int, stopped: str, **over) -> dict:
+    (work / "base").mkdir(parents=True, exist_ok=True)
+    (work / "base" / "record.json").write_text(json.dumps({"stopped": stopped}))
+    for name in ("loras", "rollouts", "results"):
+        (work / name).mkdir(exist_ok=True)
+        (work / name / "x").write_text(name)
+    return {"seed": 0, "base_steps": base_steps, "ablations": "auto", **over}
+
+
+def test_config_changes_the_study_accepts(tmp_path: Path):
+    """Only additive settings, or a raised cap of a base that stopped at its cap, reuse a work
+    folder; the latter moves what the old base produced aside and keeps the rest."""
+    erft_study = pytest.importorskip("erft_study")
+    old = _study(tmp_path, 3000, "max_steps")
+    erft_study.supersede_base(tmp_path, old, {**old, "ablations": "yes"})
+    assert (tmp_path / "loras" / "x").is_file()  # additive: nothing moved
+    for bad, why in (({**old, "seed": 1}, "seed"), ({**old, "base_steps": 2000}, "base_steps")):
+        with pytest.raises(SystemExit, match=why):
+            erft_study.supersede_base(tmp_path, old, bad)
+    erft_study.supersede_base(tmp_path, old, {**old, "base_steps": 12000})
+    moved = tmp_path / "superseded_base3000"
+    assert [(moved / n / "x").read_text() for n in ("loras", "rollouts", "results")] == [
+        "loras", "rollouts", "results"]  # fmt: skip
+    assert not (tmp_path / "loras").exists() and (tmp_path / "base" / "record.json").is_file()
+    flat = _study(tmp_path / "flat", 3000, "flattened")
+    with pytest.raises(SystemExit, match="base_steps"):
+        erft_study.supersede_base(tmp_path / "flat", flat, {**flat, "base_steps": 12000})

@@ -327,12 +327,19 @@ def select_lr(val: dict[str, list[dict]], st: Study) -> tuple[float, dict[str, f
     return float(best), scores
 
 
+ADDITIVE = ("ablations",)  # settings that only add units: changing them keeps everything
+
+
 def supersede_base(work: Path, old: dict, cur: dict) -> None:
-    """Accept a changed configuration only when it raises ``base_steps`` above where the cached
-    base stopped at its cap: the base then continues step-exactly, and everything trained or
-    rolled out on the old base (``loras``, ``rollouts``, ``results``) moves to
-    ``work/superseded_base<steps>/``; the data and caches stay. Anything else: SystemExit."""
+    """Accept a changed configuration only when it changes :data:`ADDITIVE` settings (nothing
+    moves) or raises ``base_steps`` above where the cached base stopped at its cap: the base
+    then continues step-exactly, and everything trained or rolled out on the old base
+    (``loras``, ``rollouts``, ``results``) moves to ``work/superseded_base<steps>/``; the data
+    and caches stay. Anything else: SystemExit."""
     changed = sorted(k for k in set(old) | set(cur) if old.get(k) != cur.get(k))
+    changed = [k for k in changed if k not in ADDITIVE]
+    if not changed:
+        return
     rec_path = work / "base" / "record.json"
     rec = json.loads(rec_path.read_text()) if rec_path.is_file() else {}
     if changed != ["base_steps"] or not (
@@ -344,9 +351,11 @@ def supersede_base(work: Path, old: dict, cur: dict) -> None:
             "continues in the same folder)"
         )
     archive = work / f"superseded_base{old['base_steps']}"
-    archive.mkdir(exist_ok=True)
     for name in ("loras", "rollouts", "results"):
         if (work / name).exists():
+            archive.mkdir(exist_ok=True)
+            if (archive / name).exists():
+                raise SystemExit(f"{archive / name} exists already; move it away and rerun")
             (work / name).rename(archive / name)
     log(f"base_steps {old['base_steps']} -> {cur['base_steps']}: the base continues; LoRAs, "
         f"rollouts and results of the old base moved to {archive}")  # fmt: skip
@@ -375,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--ablations", choices=("auto", "yes", "no"), default=None)
     p.add_argument("--scenes", type=int, default=None)
+    p.add_argument(
+        "--stop-after",
+        choices=("base", "data", "loras", "validation"),
+        default=None,
+        help="end after this phase (to spread the study over sessions; rerun to go on)",
+    )
     p.add_argument(
         "--base-steps",
         type=int,
@@ -410,12 +425,19 @@ def main(argv: list[str] | None = None) -> int:
         + " (ablations, if run: about as much again as one arm's training + test rollouts)"
     )
     base, base_rec = phase_base(work, st, a.skip_pretrain)
+    if a.stop_after == "base":
+        log(f"stopped after the base ({base_rec.get('steps', 0)} steps, {base_rec.get('stopped')})")
+        return 0
     data_rec = phase_data(work, st)
+    if a.stop_after == "data":
+        return 0
     loras: dict[str, Path] = {}
     for arm, erft in (("erft", True), ("plain", False)):
         for lr in st.lrs:
             loras[lora_name(arm, lr)] = train_lora(work, st, base, lora_name(arm, lr), lr, erft)
 
+    if a.stop_after == "loras":
+        return 0
     val_scenes = erft_data.VAL_SCENES[: st.val_scenes]
     val = {"base": rollouts(work, "val", "base", base, None, val_scenes, st.val_clips, st, a.jobs)}
     chosen: dict[str, float] = {}
@@ -430,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
         chosen[arm], val_scores[arm] = select_lr(per_lr, st)
         log(f"validation: {arm} lr {chosen[arm]:g} ({val_scores[arm]})")
 
+    if a.stop_after == "validation":
+        return 0
     test_scenes = erft_data.TEST_SCENES[: st.scenes]
     arm_lora = {"base": None, "plain": loras[lora_name("plain", chosen["plain"])],
                 "erft": loras[lora_name("erft", chosen["erft"])]}  # fmt: skip
