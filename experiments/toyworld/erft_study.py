@@ -5,8 +5,10 @@
 Phases (each resumable: rerunning skips finished units; every unit records its CPU time):
 
 1. base: the shipped toy DiT continued on fresh toy clips until its one-clip validation loss
-   flattens (``erft_base.py``; curve and CPU time recorded). ``--skip-pretrain`` uses the
-   continued base cached in ``--work`` if there is one, else the shipped base as it is.
+   flattens or ``--base-steps`` pass (``erft_base.py``; curve and CPU time recorded). Raising
+   ``--base-steps`` in a finished folder continues the base step-exactly and moves what was
+   made from the old base to ``superseded_base<N>/``. ``--skip-pretrain`` uses the continued
+   base cached in ``--work`` if there is one, else the shipped base as it is.
 2. data: ``lora_steps x grad_accum`` fresh training videos, each used once (lossless .mkv, one
    fresh scene each), encoded into the trainer's cache once for all runs.
 3. LoRAs: ERFT and plain (``erft_enabled=False``) through the real trainer ``train.loop.train``:
@@ -24,6 +26,8 @@ Phases (each resumable: rerunning skips finished units; every unit records its C
    injection (noise / latent / condition), same lr, tested the same way.
 8. report: ``RESULTS.md`` + plots in ``--out`` (tables with 95 % bootstrap intervals over
    scenes, paired differences, CPU time per phase).
+
+``--stop-after PHASE`` ends after a phase (a long study spread over sessions; rerun to go on).
 
 Deterministic: the same ``--seed`` gives the same numbers on the same machine (torch on one
 thread per process). ``--reduced`` runs a tiny configuration of every phase (minutes), used to
