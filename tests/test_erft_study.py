@@ -1,5 +1,6 @@
-"""The ERFT study's base continuation (experiments/toyworld/erft_base.py): raising the step cap
-of a finished run continues it to exactly the weights and curve of one longer run."""
+"""The ERFT study's machinery (experiments/toyworld): the base continuation resumes
+step-exactly when its cap is raised, which configuration changes reuse a work folder, and the
+target check (per-model intervals as the issue words it, and paired by scene)."""
 
 from __future__ import annotations
 
@@ -75,3 +76,26 @@ def test_config_changes_the_study_accepts(tmp_path: Path):
     flat = _study(tmp_path / "flat", 3000, "flattened")
     with pytest.raises(SystemExit, match="base_steps"):
         erft_study.supersede_base(tmp_path / "flat", flat, {**flat, "base_steps": 12000})
+
+
+def _arm(offsets, shift: float, motion: float) -> list[dict]:
+    return [{"per_clip": [{"delta_e": o + shift, "truth_colour_w1": o + shift, "motion": motion}
+                          for _ in range(2)]} for o in offsets]  # fmt: skip
+
+
+def test_targets_per_model_and_paired():
+    """Scenes far apart (offsets 0..45) and ERFT 2 below every other model in each scene: the
+    per-model intervals overlap (targets as written not met), the paired ones do not."""
+    erft_report = pytest.importorskip("erft_report")
+    offsets = [3.0 * i for i in range(16)]
+    test = {"base": _arm(offsets, 10.0, 0.02), "plain": _arm(offsets, 10.5, 0.02),
+            "erft": _arm(offsets, 8.0, 0.03)}  # fmt: skip
+    v = erft_report.targets(test, 2)
+    assert not v["met"] and v["paired_met"]
+    assert v["checks"]["delta_e"]["erft_minus"]["base"][0] == pytest.approx(-2.0)
+    test["erft"] = _arm(offsets, 8.0, 0.01)  # less motion than the base
+    assert not erft_report.targets(test, 2)["paired_met"]
+    tight = [10.0 + 0.01 * i for i in range(16)]
+    apart = {"base": _arm(tight, 10.0, 0.02), "plain": _arm(tight, 10.5, 0.02),
+             "erft": _arm(tight, 8.0, 0.03)}  # fmt: skip
+    assert erft_report.targets(apart, 2)["met"]
