@@ -243,6 +243,15 @@ def write(out: Path, st, base_rec, data_rec, chosen, val_scores, test, ablations
              out / "ablations.png", "ERFT and ERFT without one injection")  # fmt: skip
         lines += ["", "## Ablations (one injection off)", ""]
         lines += table(runs, st.clips, {k: METRICS[k] for k in TARGET_METRICS})
+        k = st.clips - 1
+        lines += ["", f"Paired by scene at clip {st.clips} (ablation − ERFT; above zero: the "
+                  "injection helps):", "", "| ablation | " + " | ".join(
+                      METRICS[m] for m in TARGET_METRICS) + " |",
+                  "|---|" + "---|" * len(TARGET_METRICS)]  # fmt: skip
+        for name, res in ablations.items():
+            lines.append(f"| {name} | " + " | ".join(
+                cell(paired_bootstrap_ci(curves(res, m)[:, k], curves(test["erft"], m)[:, k]))
+                for m in TARGET_METRICS) + " |")  # fmt: skip
     lines += ["", "## Why: banks vs rollout errors", "", why.get("text", ""), ""]
     lines += ["## CPU time (one thread per process)", "", "| phase | CPU min |", "|---|---|"]
     lines += [f"| {k} | {v / 60:.1f} |" for k, v in ledger_.items()]
