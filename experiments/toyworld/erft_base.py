@@ -18,6 +18,7 @@ the same base.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -150,11 +151,13 @@ def continue_base(
                 best = v
                 best_state = {k: t_.detach().clone() for k, t_ in dit.state_dict().items()}
             log(f"base step {step}: val {v:.5f} (best {best:.5f}), {spent / 60:.1f} CPU min")
-            torch.save(
+            part = ckpt.with_suffix(".part")  # written whole, then renamed: a kill mid-write
+            torch.save(                        # leaves the previous checkpoint intact
                 {"model": dit.state_dict(), "opt": opt.state_dict(), "step": step,
                  "cpu": spent, "curve": json.dumps(curve), "best": best_state},
-                ckpt,
+                part,
             )  # fmt: skip
+            os.replace(part, ckpt)
             if _flat(curve, window, min_gain):
                 stopped = "flattened"
                 break
