@@ -55,6 +55,7 @@ def _study(work: Path, base_steps: int, stopped: str, **over) -> dict:
     for name in ("loras", "rollouts", "results"):
         (work / name).mkdir(exist_ok=True)
         (work / name / "x").write_text(name)
+    (work / "why.json").write_text("{}")  # the error analysis' cache of the old base
     return {"seed": 0, "base_steps": base_steps, "ablations": "auto", **over}
 
 
@@ -73,6 +74,7 @@ def test_config_changes_the_study_accepts(tmp_path: Path):
     assert [(moved / n / "x").read_text() for n in ("loras", "rollouts", "results")] == [
         "loras", "rollouts", "results"]  # fmt: skip
     assert not (tmp_path / "loras").exists() and (tmp_path / "base" / "record.json").is_file()
+    assert (moved / "why.json").is_file() and not (tmp_path / "why.json").exists()
     flat = _study(tmp_path / "flat", 3000, "flattened")
     with pytest.raises(SystemExit, match="base_steps"):
         erft_study.supersede_base(tmp_path / "flat", flat, {**flat, "base_steps": 12000})

@@ -338,8 +338,8 @@ def supersede_base(work: Path, old: dict, cur: dict) -> None:
     """Accept a changed configuration only when it changes :data:`ADDITIVE` settings (nothing
     moves) or raises ``base_steps`` above where the cached base stopped at its cap: the base
     then continues step-exactly, and everything trained or rolled out on the old base
-    (``loras``, ``rollouts``, ``results``) moves to ``work/superseded_base<steps>/``; the data
-    and caches stay. Anything else: SystemExit."""
+    (``loras``, ``rollouts``, ``results``, the error analysis' ``why*.json``) moves to
+    ``work/superseded_base<steps>/``; the data and caches stay. Anything else: SystemExit."""
     changed = sorted(k for k in set(old) | set(cur) if old.get(k) != cur.get(k))
     changed = [k for k in changed if k not in ADDITIVE]
     if not changed:
@@ -355,7 +355,7 @@ def supersede_base(work: Path, old: dict, cur: dict) -> None:
             "continues in the same folder)"
         )
     archive = work / f"superseded_base{old['base_steps']}"
-    for name in ("loras", "rollouts", "results"):
+    for name in ("loras", "rollouts", "results", "why.json", "why_cpu.json"):
         if (work / name).exists():
             archive.mkdir(exist_ok=True)
             if (archive / name).exists():
