@@ -90,7 +90,7 @@ def continue_base(
     curve_path = out / "base_curve.json"
     if (out / "dit.safetensors").is_file() and curve_path.is_file():
         done = json.loads(curve_path.read_text())
-        if done["stopped"] == "flattened" or done["steps"] >= max_steps:
+        if finished(done, max_steps):
             return done
     from erft_data import dedupe_constant_rows
 
@@ -100,7 +100,7 @@ def continue_base(
         p.requires_grad_(True)
     opt = torch.optim.AdamW(dit.parameters(), lr=3e-4, weight_decay=0.01)
     ckpt = out / "ckpt.pt"
-    step, curve, cpu = 0, [], 0.0
+    step, curve, cpu, best_state = 0, [], 0.0, None
     if ckpt.is_file():
         st = torch.load(ckpt, weights_only=True)
         dit.load_state_dict(st["model"])
@@ -110,18 +110,18 @@ def continue_base(
         if step > max_steps:
             raise ValueError(f"{ckpt} is at step {step}, past max_steps {max_steps}: its "
                              "weights are not those of a shorter run; use another folder")  # fmt: skip
+        best_state = st.get("best")
+        best = min(c["val"] for c in curve)
+        if best_state is None and curve[-1]["val"] > best:
+            log(f"warning: {ckpt} predates saved best weights; the best (val {best:.5f}) is "
+                f"lost, the weights of step {step} stand in for it")  # fmt: skip
+        log(f"base: resumed at step {step} (best val {best:.5f}), continuing to {max_steps}")
     else:
         curve.append({"step": 0, "val": val_loss(dit, val), "cpu_s": 0.0})
         log(f"base: shipped toy DiT, one-clip val loss {curve[-1]['val']:.5f}")
     best = min(c["val"] for c in curve)
-    best_state = {k: v.detach().clone() for k, v in dit.state_dict().items()}
-    if ckpt.is_file():
-        if "best" in st:
-            best_state = st["best"]
-        elif curve[-1]["val"] > best:
-            log(f"warning: {ckpt} predates saved best weights; the best (val {best:.5f}) is "
-                f"lost, the weights of step {step} stand in for it")  # fmt: skip
-        log(f"base: resumed at step {step} (best val {best:.5f}), continuing to {max_steps}")
+    if best_state is None:
+        best_state = {k: v.detach().clone() for k, v in dit.state_dict().items()}
     n = pool["x0"].shape[0]
     bs = 8
     c0 = time.process_time()
@@ -175,6 +175,12 @@ def continue_base(
     save_file({k: v.contiguous() for k, v in best_state.items()}, str(out / "dit.safetensors"))
     curve_path.write_text(json.dumps(record, indent=1))
     return record
+
+
+def finished(record: dict, max_steps: int) -> bool:
+    """Whether a base record (:func:`continue_base`'s) is final for a cap of ``max_steps``: it
+    flattened, or it already ran that many steps."""
+    return record["stopped"] == "flattened" or record["steps"] >= max_steps
 
 
 def _flat(curve: list[dict], window: int, min_gain: float) -> bool:

@@ -128,7 +128,7 @@ def phase_base(work: Path, st: Study, skip: bool) -> tuple[Path, dict]:
     rec_path = bdir / "record.json"
     prev = json.loads(rec_path.read_text()) if rec_path.is_file() else {}
     if prev and (exported.is_file() or skip):
-        if skip or prev["stopped"] == "flattened" or prev["steps"] >= st.base_steps:
+        if skip or erft_base.finished(prev, st.base_steps):
             return Path(prev["dit"]), prev
     from erft_rollout import cpu_seconds
 
@@ -414,8 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     saved = work / "study.json"
     cur = {**asdict(st), "lrs": list(st.lrs), "skip_pretrain": a.skip_pretrain}
-    if saved.is_file() and json.loads(saved.read_text()) != cur:
-        supersede_base(work, json.loads(saved.read_text()), cur)
+    old = json.loads(saved.read_text()) if saved.is_file() else cur
+    if old != cur:
+        supersede_base(work, old, cur)
     saved.write_text(json.dumps(cur, indent=1))
     out = a.out or work / "results"
     out.mkdir(parents=True, exist_ok=True)
