@@ -65,6 +65,7 @@ def test_config_changes_the_study_accepts(tmp_path: Path):
     erft_study = pytest.importorskip("erft_study")
     old = _study(tmp_path, 3000, "max_steps")
     erft_study.supersede_base(tmp_path, old, {**old, "ablations": "yes"})
+    erft_study.supersede_base(tmp_path, old, {**old, "error_scales": [3.0]})
     assert (tmp_path / "loras" / "x").is_file()  # additive: nothing moved
     for bad, why in (({**old, "seed": 1}, "seed"), ({**old, "base_steps": 2000}, "base_steps")):
         with pytest.raises(SystemExit, match=why):
@@ -101,3 +102,23 @@ def test_targets_per_model_and_paired():
     apart = {"base": _arm(tight, 10.0, 0.02), "plain": _arm(tight, 10.5, 0.02),
              "erft": _arm(tight, 8.0, 0.03)}  # fmt: skip
     assert erft_report.targets(apart, 2)["met"]
+
+
+def test_scaled_errors_section(tmp_path: Path):
+    """The scaled-errors variant is reported against each arm, paired by scene: a variant 1.5
+    below ERFT (and so 3.5 / 4 below plain / base) in every scene reads -1.5 / -3.5 / -4."""
+    erft_report = pytest.importorskip("erft_report")
+    offsets = [3.0 * i for i in range(16)]
+
+    def arm(shift: float) -> list[dict]:
+        return [{"per_clip": [{"delta_e": o + shift, "truth_colour_w1": o + shift,
+                               "truth_motion_ratio": 0.5, "motion": 0.01} for _ in range(2)]}
+                for o in offsets]  # fmt: skip
+
+    test = {"base": arm(10.0), "plain": arm(9.5), "erft": arm(7.5)}
+    lines = erft_report.scaled_section(tmp_path, test, {"x3": arm(6.0)}, 2)
+    rows = [r for r in lines if r.startswith("| x3 |") or r.startswith("|  | appearance")]
+    assert [r.rstrip(" |").split(" | ")[2:5] for r in rows] == [
+        ["-1.50 [-1.50, -1.50]", "-3.50 [-3.50, -3.50]", "-4.00 [-4.00, -4.00]"]
+    ] * 2
+    assert (tmp_path / "scaled.png").is_file()

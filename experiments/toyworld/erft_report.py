@@ -154,8 +154,28 @@ def plot(runs: dict[str, list[dict]], metrics: dict[str, str], path: Path, title
     plt.close(fig)
 
 
+def scaled_section(out: Path, test: dict, scaled: dict, clips: int) -> list[str]:
+    """Report lines (and ``out/scaled.png``) for ERFT trained with its injected errors scaled:
+    its table next to the three arms, and paired differences at the last clip against each."""
+    runs = {**test, **scaled}
+    shown = {k: METRICS[k] for k in TARGET_METRICS + ("truth_motion_ratio",)}
+    plot(runs, shown, out / "scaled.png", "ERFT with its injected errors scaled")
+    k = clips - 1
+    lines = ["", "## ERFT with scaled errors (error_scale; same lr and seeds)", ""]
+    lines += table(runs, clips, shown)
+    lines += ["", f"Paired by scene at clip {clips} (variant − arm; below zero: the variant "
+              "has less error, above zero in motion: more motion):", "",
+              "| variant | metric | − ERFT | − plain | − base |", "|---|---|---|---|---|"]  # fmt: skip
+    for name, res in scaled.items():
+        for j, m in enumerate(shown):
+            lines.append(f"| {name if j == 0 else ''} | {shown[m]} | " + " | ".join(
+                cell(paired_at(res, test[arm], m, k)) for arm in ("erft", "plain", "base"))
+                + " |")  # fmt: skip
+    return lines
+
+
 def ledger(work: Path, st, base_rec: dict, data_rec: dict, loras: dict, val: dict, test: dict,
-           ablations: dict) -> dict:  # fmt: skip
+           ablations: dict, scaled: dict | None = None) -> dict:  # fmt: skip
     """CPU seconds per phase, from what each unit recorded (so resumed runs add up)."""
 
     def lora_cpu(name: str) -> float:
@@ -172,6 +192,10 @@ def ledger(work: Path, st, base_rec: dict, data_rec: dict, loras: dict, val: dic
         "ablations (training + rollouts)": sum(lora_cpu(n) for n in abl_names)
         + sum(r["cpu_s"] for rs in ablations.values() for r in rs),
     }
+    if scaled:
+        phases["ERFT with scaled errors (training + rollouts)"] = sum(
+            lora_cpu(p.name) for p in (work / "loras").glob("erft_scale*")
+        ) + sum(r["cpu_s"] for rs in scaled.values() for r in rs)
     why = work / "why_cpu.json"
     if why.is_file():
         phases["error analysis (banks vs rollouts)"] = json.loads(why.read_text())["cpu_s"]
@@ -180,8 +204,9 @@ def ledger(work: Path, st, base_rec: dict, data_rec: dict, loras: dict, val: dic
 
 
 def write(out: Path, st, base_rec, data_rec, chosen, val_scores, test, ablations, verdict, why,
-          ledger_: dict) -> Path:  # fmt: skip
-    """``out/RESULTS.md`` + ``out/truth.png`` + ``out/drift.png`` (+ ``ablations.png``)."""
+          ledger_: dict, scaled: dict | None = None) -> Path:  # fmt: skip
+    """``out/RESULTS.md`` + ``out/truth.png`` + ``out/drift.png`` (+ ``ablations.png``,
+    ``scaled.png``)."""
     out.mkdir(parents=True, exist_ok=True)
     truth_m = {k: v for k, v in METRICS.items() if k.startswith("truth_")}
     drift_m = {k: v for k, v in METRICS.items() if not k.startswith("truth_")}
@@ -253,6 +278,8 @@ def write(out: Path, st, base_rec, data_rec, chosen, val_scores, test, ablations
         for name, res in ablations.items():
             lines.append(f"| {name} | " + " | ".join(
                 cell(paired_at(res, test["erft"], m, k)) for m in TARGET_METRICS) + " |")  # fmt: skip
+    if scaled:
+        lines += scaled_section(out, test, scaled, st.clips)
     lines += ["", "## Why: banks vs rollout errors", "", why.get("text", ""), ""]
     lines += ["## CPU time (one thread per process)", "", "| phase | CPU min |", "|---|---|"]
     lines += [f"| {k} | {v / 60:.1f} |" for k, v in ledger_.items()]

@@ -24,6 +24,9 @@ Phases (each resumable: rerunning skips finished units; every unit records its C
    rollouts (``erft_why.py``).
 7. ablations (only if ERFT meets the targets, or ``--ablations yes``): ERFT without each
    injection (noise / latent / condition), same lr, tested the same way.
+   ``--error-scales 3``: ERFT with its injected errors multiplied by each factor
+   (``TrainConfig.error_scale``; 1 officially), same lr, tested the same way: does giving the
+   banks' errors the size a long rollout really meets (see 6) help?
 8. report: ``RESULTS.md`` + plots in ``--out`` (tables with 95 % bootstrap intervals over
    scenes, paired differences, CPU time per phase).
 
@@ -75,6 +78,7 @@ class Study:
     base_window: int = 800
     probe_scenes: int = 4
     ablations: str = "auto"
+    error_scales: tuple[float, ...] = ()
 
     @classmethod
     def reduced(cls, seed: int) -> Study:
@@ -331,7 +335,8 @@ def select_lr(val: dict[str, list[dict]], st: Study) -> tuple[float, dict[str, f
     return float(best), scores
 
 
-ADDITIVE = ("ablations",)  # settings that only add units: changing them keeps everything
+# settings that only add units: changing them keeps everything
+ADDITIVE = ("ablations", "error_scales")
 
 
 def supersede_base(work: Path, old: dict, cur: dict) -> None:
@@ -387,6 +392,13 @@ def main(argv: list[str] | None = None) -> int:
         help="rollout processes at once (2 only when the machine is idle)",
     )
     p.add_argument("--ablations", choices=("auto", "yes", "no"), default=None)
+    p.add_argument(
+        "--error-scales",
+        type=float,
+        nargs="+",
+        default=None,
+        help="also train and test ERFT with its injected errors scaled by each factor",
+    )
     p.add_argument("--scenes", type=int, default=None)
     p.add_argument(
         "--stop-after",
@@ -405,16 +417,19 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     st = Study.reduced(a.seed) if a.reduced else Study(seed=a.seed)
+    scales = None if a.error_scales is None else tuple(a.error_scales)
     over = {k: v for k, v in (("ablations", a.ablations), ("scenes", a.scenes),
-                              ("clips", a.clips), ("base_steps", a.base_steps))
-            if v is not None}  # fmt: skip
+                              ("clips", a.clips), ("base_steps", a.base_steps),
+                              ("error_scales", scales)) if v is not None}  # fmt: skip
     if over:
         st = Study(**{**asdict(st), **over})
     work = a.work
     work.mkdir(parents=True, exist_ok=True)
     saved = work / "study.json"
-    cur = {**asdict(st), "lrs": list(st.lrs), "skip_pretrain": a.skip_pretrain}
+    cur = {**asdict(st), "lrs": list(st.lrs), "error_scales": list(st.error_scales),
+           "skip_pretrain": a.skip_pretrain}  # fmt: skip
     old = json.loads(saved.read_text()) if saved.is_file() else cur
+    old.setdefault("error_scales", [])  # folders from before the setting existed
     if old != cur:
         supersede_base(work, old, cur)
     saved.write_text(json.dumps(cur, indent=1))
@@ -477,12 +492,19 @@ def main(argv: list[str] | None = None) -> int:
             lp = train_lora(work, st, base, name, lr, True, **{f"{inj}_prob": 0.0})
             ablation_res[f"ERFT without {inj}"] = rollouts(work, "test", name, base, lp,
                                                            test_scenes, st.clips, st, a.jobs)  # fmt: skip
+    scaled: dict[str, list[dict]] = {}
+    for scale in st.error_scales:
+        name = f"erft_scale{scale:g}_lr{chosen['erft']:g}"
+        lp = train_lora(work, st, base, name, chosen["erft"], True, error_scale=scale)
+        scaled[f"ERFT, errors x{scale:g}"] = rollouts(work, "test", name, base, lp, test_scenes,
+                                                      st.clips, st, a.jobs)  # fmt: skip
     bank_file = (work / "loras" / lora_name("erft", chosen["erft"]) / "checkpoints"
                  / f"step_{st.lora_steps:07d}" / "banks.rank0.safetensors")  # fmt: skip
     why = erft_why.analyse(work, bank_file, test, st, out)
-    ledger = erft_report.ledger(work, st, base_rec, data_rec, loras, val, test, ablation_res)
+    ledger = erft_report.ledger(work, st, base_rec, data_rec, loras, val, test, ablation_res,
+                                scaled)  # fmt: skip
     erft_report.write(out, st, base_rec, data_rec, chosen, val_scores, test, ablation_res,
-                      verdict, why, ledger)  # fmt: skip
+                      verdict, why, ledger, scaled)  # fmt: skip
     log(f"results in {out}")
     return 0
 
