@@ -1,6 +1,7 @@
 """The ERFT study's machinery (experiments/toyworld): the base continuation resumes
 step-exactly when its cap is raised, which configuration changes reuse a work folder, and the
-target check (per-model intervals as the issue words it, and paired by scene)."""
+target check (per-model intervals as the issue words it, and paired by scene), the scaled-errors
+section, and the scene-spread measure on rollouts with known spread."""
 
 from __future__ import annotations
 
@@ -122,3 +123,38 @@ def test_scaled_errors_section(tmp_path: Path):
         ["-1.50 [-1.50, -1.50]", "-3.50 [-3.50, -3.50]", "-4.00 [-4.00, -4.00]"]
     ] * 2
     assert (tmp_path / "scaled.png").is_file()
+
+
+def test_scene_spread_on_known_rollouts(tmp_path: Path):
+    """Rollouts that are the world's true frames spread exactly as the truth does; rollouts
+    where every scene shows the same frames (collapsed to one image) spread 0; the report
+    lists both."""
+    import numpy as np
+
+    erft_rollout = pytest.importorskip("erft_rollout")
+    erft_report = pytest.importorskip("erft_report")
+    from erft_data import WORLD
+
+    from svi_core.toy.world import ToyScene
+
+    scenes = [100, 101, 102]
+
+    def write(name: str, frames_of) -> list[Path]:
+        folders = []
+        for s in scenes:
+            d = tmp_path / name / f"scene{s}"
+            d.mkdir(parents=True)
+            f = frames_of(s)
+            np.save(d / "clip_000.npy", f[:3])
+            np.save(d / "clip_001.npy", f[3:5])
+            folders.append(d)
+        return folders
+
+    truth = write("truth", lambda s: ToyScene(s, WORLD).frames(0, 5))
+    same = write("same", lambda s: ToyScene(scenes[0], WORLD).frames(0, 5))
+    t = erft_rollout.scene_spread(truth, scenes, [1, 2])
+    c = erft_rollout.scene_spread(same, scenes, [1, 2])
+    assert t["model"] == pytest.approx(t["truth"]) and t["truth"][2] > 0.05
+    assert c["model"] == {1: 0.0, 2: 0.0} and c["truth"] == t["truth"]
+    lines = erft_report.spread_section({"collapsed": c})
+    assert lines[-1] == "| collapsed | 0 | 0 |"

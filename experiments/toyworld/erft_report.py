@@ -174,6 +174,22 @@ def scaled_section(out: Path, test: dict, scaled: dict, clips: int) -> list[str]
     return lines
 
 
+def spread_section(spread: dict[str, dict]) -> list[str]:
+    """Report lines for :func:`erft_rollout.scene_spread` per arm: the true frames' spread
+    between scenes first, then each arm's (same clips)."""
+    ks = list(next(iter(spread.values()))["truth"])
+    lines = ["", "## Do the rollouts still tell their scenes apart?", "",
+             "Mean pixel RMSE between the scenes' last frames of a clip (pixels in [0, 1]); "
+             "near 0: every scene has become the same image.", "",
+             "| frames | " + " | ".join(f"clip {k}" for k in ks) + " |",
+             "|---|" + "---|" * len(ks),
+             "| true continuation | " + " | ".join(
+                 fmt(next(iter(spread.values()))["truth"][k]) for k in ks) + " |"]  # fmt: skip
+    for arm, sp in spread.items():
+        lines.append(f"| {arm} | " + " | ".join(fmt(sp["model"][k]) for k in ks) + " |")
+    return lines
+
+
 def ledger(work: Path, st, base_rec: dict, data_rec: dict, loras: dict, val: dict, test: dict,
            ablations: dict, scaled: dict | None = None) -> dict:  # fmt: skip
     """CPU seconds per phase, from what each unit recorded (so resumed runs add up)."""
@@ -204,7 +220,7 @@ def ledger(work: Path, st, base_rec: dict, data_rec: dict, loras: dict, val: dic
 
 
 def write(out: Path, st, base_rec, data_rec, chosen, val_scores, test, ablations, verdict, why,
-          ledger_: dict, scaled: dict | None = None) -> Path:  # fmt: skip
+          ledger_: dict, scaled: dict | None = None, spread: dict | None = None) -> Path:  # fmt: skip
     """``out/RESULTS.md`` + ``out/truth.png`` + ``out/drift.png`` (+ ``ablations.png``,
     ``scaled.png``)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -280,6 +296,8 @@ def write(out: Path, st, base_rec, data_rec, chosen, val_scores, test, ablations
                 cell(paired_at(res, test["erft"], m, k)) for m in TARGET_METRICS) + " |")  # fmt: skip
     if scaled:
         lines += scaled_section(out, test, scaled, st.clips)
+    if spread:
+        lines += spread_section(spread)
     lines += ["", "## Why: banks vs rollout errors", "", why.get("text", ""), ""]
     lines += ["## CPU time (one thread per process)", "", "| phase | CPU min |", "|---|---|"]
     lines += [f"| {k} | {v / 60:.1f} |" for k, v in ledger_.items()]

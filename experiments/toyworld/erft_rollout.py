@@ -156,3 +156,24 @@ def measure(folder: Path, scene: int, clips: int) -> dict:
                     if k not in ("index", "start", "end")})  # fmt: skip
         per_clip.append(row)
     return {"scene": scene, "clips": clips, "frames": pos, "per_clip": per_clip}
+
+
+def scene_spread(folders: list[Path], scenes: list[int], clip_numbers: list[int]) -> dict:
+    """How much a model still tells its scenes apart: at the last kept frame of each clip in
+    ``clip_numbers`` (1-based), the mean pixel RMSE (pixels in [0, 1]) between every pair of
+    scenes' frames, for the rollouts in ``folders`` (one per scene, same order as ``scenes``)
+    and for the world's true frames at the same times. Near 0 for the model while the truth
+    stays apart: the rollouts have forgotten their scenes and converge to one image."""
+    counts = [np.load(p, mmap_mode="r").shape[0] for p in sorted(folders[0].glob("clip_*.npy"))]
+    ends = np.cumsum(counts) - 1  # frame index of each clip's last kept frame
+
+    def spread(frames: list[np.ndarray]) -> float:
+        f = [x.astype(np.float32) / 255.0 for x in frames]
+        d = [np.sqrt(np.mean((f[i] - f[j]) ** 2)) for i in range(len(f)) for j in range(i)]
+        return float(np.mean(d))
+
+    out: dict = {"model": {}, "truth": {}}
+    for n in clip_numbers:
+        out["model"][n] = spread([np.load(d / f"clip_{n - 1:03d}.npy")[-1] for d in folders])
+        out["truth"][n] = spread([ToyScene(s, WORLD).frame(int(ends[n - 1])) for s in scenes])
+    return out

@@ -28,7 +28,8 @@ Phases (each resumable: rerunning skips finished units; every unit records its C
    (``TrainConfig.error_scale``; 1 officially), same lr, tested the same way: does giving the
    banks' errors the size a long rollout really meets (see 6) help?
 8. report: ``RESULTS.md`` + plots in ``--out`` (tables with 95 % bootstrap intervals over
-   scenes, paired differences, CPU time per phase).
+   scenes, paired differences, how far the rollouts still tell their scenes apart
+   (``erft_rollout.scene_spread``), CPU time per phase).
 
 ``--stop-after PHASE`` ends after a phase (a long study spread over sessions; rerun to go on).
 
@@ -493,18 +494,26 @@ def main(argv: list[str] | None = None) -> int:
             ablation_res[f"ERFT without {inj}"] = rollouts(work, "test", name, base, lp,
                                                            test_scenes, st.clips, st, a.jobs)  # fmt: skip
     scaled: dict[str, list[dict]] = {}
+    scaled_folder: dict[str, str] = {}
     for scale in st.error_scales:
         name = f"erft_scale{scale:g}_lr{chosen['erft']:g}"
         lp = train_lora(work, st, base, name, chosen["erft"], True, error_scale=scale)
+        scaled_folder[f"ERFT, errors x{scale:g}"] = name
         scaled[f"ERFT, errors x{scale:g}"] = rollouts(work, "test", name, base, lp, test_scenes,
                                                       st.clips, st, a.jobs)  # fmt: skip
     bank_file = (work / "loras" / lora_name("erft", chosen["erft"]) / "checkpoints"
                  / f"step_{st.lora_steps:07d}" / "banks.rank0.safetensors")  # fmt: skip
     why = erft_why.analyse(work, bank_file, test, st, out)
+    import erft_rollout
+
+    spread = {label: erft_rollout.scene_spread(
+        [work / "rollouts" / "test" / folder / f"scene{s}" for s in test_scenes],
+        list(test_scenes), erft_report.checkpoints(st.clips))
+        for label, folder in {**{a: a for a in ARMS}, **scaled_folder}.items()}  # fmt: skip
     ledger = erft_report.ledger(work, st, base_rec, data_rec, loras, val, test, ablation_res,
                                 scaled)  # fmt: skip
     erft_report.write(out, st, base_rec, data_rec, chosen, val_scores, test, ablation_res,
-                      verdict, why, ledger, scaled)  # fmt: skip
+                      verdict, why, ledger, scaled, spread)  # fmt: skip
     log(f"results in {out}")
     return 0
 
