@@ -31,6 +31,7 @@ METRICS: dict[str, str] = {
 LOWER_IS_BETTER = ("truth_colour_w1", "truth_delta_e", "truth_rmse", "delta_e")
 TARGET_METRICS = ("delta_e", "truth_colour_w1")
 ARM_COLOURS = {"base": "tab:blue", "plain": "tab:orange", "erft": "tab:green"}
+OTHER_COLOURS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")  # variants
 
 
 def curves(results: list[dict], metric: str) -> np.ndarray:
@@ -133,12 +134,14 @@ def plot(runs: dict[str, list[dict]], metrics: dict[str, str], path: Path, title
     cols = 3 if n > 4 else n
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.9 * rows), squeeze=False)
+    others = iter(OTHER_COLOURS * 4)
+    colours = {a: ARM_COLOURS.get(a) or next(others) for a in runs}
     for ax, (metric, label) in zip(axes.ravel(), metrics.items(), strict=False):
         for arm, res in runs.items():
             v = curves(res, metric)
             ci = bootstrap_ci(v, n_boot=2000)
             x = np.arange(1, v.shape[1] + 1)
-            colour = ARM_COLOURS.get(arm)
+            colour = colours[arm]
             ax.plot(x, ci.mean, label=arm, color=colour, lw=1.3)
             ax.fill_between(x, ci.lo, ci.hi, alpha=0.2, color=colour, lw=0)
         ax.set_title(label, fontsize=9)
