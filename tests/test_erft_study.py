@@ -1,7 +1,8 @@
 """The ERFT study's machinery (experiments/toyworld): the base continuation resumes
 step-exactly when its cap is raised, which configuration changes reuse a work folder, and the
 target check (per-model intervals as the issue words it, and paired by scene), the scaled-errors
-section, and the scene-spread measure on rollouts with known spread."""
+section, the training-seed replicates, and the scene-spread measure on rollouts with known
+spread."""
 
 from __future__ import annotations
 
@@ -158,3 +159,17 @@ def test_scene_spread_on_known_rollouts(tmp_path: Path):
     assert c["model"] == {1: 0.0, 2: 0.0} and c["truth"] == t["truth"]
     lines = erft_report.spread_section({"collapsed": c})
     assert lines[-1] == "| collapsed | 0 | 0 |"
+
+
+def test_replicate_section_reads_each_seed(tmp_path: Path):
+    """Two training seeds that disagree (ERFT 2 below plain with seed 0, 2 above with seed 1)
+    are reported as such, each paired by scene against its own plain LoRA and the one base."""
+    erft_report = pytest.importorskip("erft_report")
+    offsets = [3.0 * i for i in range(16)]
+    test = {"base": _arm(offsets, 10.0, 0.02), "plain": _arm(offsets, 9.0, 0.02),
+            "erft": _arm(offsets, 7.0, 0.03)}  # fmt: skip
+    other = {"erft": _arm(offsets, 11.0, 0.03), "plain": _arm(offsets, 9.0, 0.02)}
+    lines = erft_report.replicate_section(test, {1: other}, 0, 2)
+    rows = [r.rstrip(" |").split(" | ")[2:] for r in lines if "colour" in r and "[" in r]
+    assert rows == [["-2.00 [-2.00, -2.00]", "-3.00 [-3.00, -3.00]"],
+                    ["2.00 [2.00, 2.00]", "1.00 [1.00, 1.00]"]]  # fmt: skip

@@ -177,6 +177,25 @@ def scaled_section(out: Path, test: dict, scaled: dict, clips: int) -> list[str]
     return lines
 
 
+def replicate_section(test: dict, replicates: dict, seed: int, clips: int) -> list[str]:
+    """Report lines: ERFT − plain and ERFT − base paired by scene, at clip 10 and the last
+    clip, for the main training seed and each replicate seed (same data, lrs, test seeds)."""
+    ks = sorted({min(10, clips), clips})
+    runs = {seed: {"erft": test["erft"], "plain": test["plain"]}, **replicates}
+    lines = ["", "## Other training seeds (ERFT and plain retrained; same data, lrs, tests)", "",
+             "Paired by scene (ERFT − plain, ERFT − base; the base is the same model in "
+             "every row):", "",
+             "| training seed | metric | " + " | ".join(
+                 f"ERFT − plain, clip {k} | ERFT − base, clip {k}" for k in ks) + " |",
+             "|---|---|" + "---|---|" * len(ks)]  # fmt: skip
+    for s, arms in runs.items():
+        for j, m in enumerate(TARGET_METRICS):
+            cells = [cell(paired_at(arms["erft"], ref, m, k - 1))
+                     for k in ks for ref in (arms["plain"], test["base"])]  # fmt: skip
+            lines.append(f"| {s if j == 0 else ''} | {METRICS[m]} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def spread_section(spread: dict[str, dict]) -> list[str]:
     """Report lines for :func:`erft_rollout.scene_spread` per arm: the true frames' spread
     between scenes first, then each arm's (same clips)."""
@@ -194,7 +213,8 @@ def spread_section(spread: dict[str, dict]) -> list[str]:
 
 
 def ledger(work: Path, st, base_rec: dict, data_rec: dict, loras: dict, val: dict, test: dict,
-           ablations: dict, scaled: dict | None = None) -> dict:  # fmt: skip
+           ablations: dict, scaled: dict | None = None,
+           replicates: dict | None = None) -> dict:  # fmt: skip
     """CPU seconds per phase, from what each unit recorded (so resumed runs add up)."""
 
     def lora_cpu(name: str) -> float:
@@ -215,6 +235,10 @@ def ledger(work: Path, st, base_rec: dict, data_rec: dict, loras: dict, val: dic
         phases["ERFT with scaled errors (training + rollouts)"] = sum(
             lora_cpu(p.name) for p in (work / "loras").glob("erft_scale*")
         ) + sum(r["cpu_s"] for rs in scaled.values() for r in rs)
+    if replicates:
+        phases["other training seeds (training + rollouts)"] = sum(
+            lora_cpu(p.name) for p in (work / "loras").glob("*_seed*")
+        ) + sum(r["cpu_s"] for arms in replicates.values() for rs in arms.values() for r in rs)
     why = work / "why_cpu.json"
     if why.is_file():
         phases["error analysis (banks vs rollouts)"] = json.loads(why.read_text())["cpu_s"]
@@ -223,7 +247,8 @@ def ledger(work: Path, st, base_rec: dict, data_rec: dict, loras: dict, val: dic
 
 
 def write(out: Path, st, base_rec, data_rec, chosen, val_scores, test, ablations, verdict, why,
-          ledger_: dict, scaled: dict | None = None, spread: dict | None = None) -> Path:  # fmt: skip
+          ledger_: dict, scaled: dict | None = None, spread: dict | None = None,
+          replicates: dict | None = None) -> Path:  # fmt: skip
     """``out/RESULTS.md`` + ``out/truth.png`` + ``out/drift.png`` (+ ``ablations.png``,
     ``scaled.png``)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -299,6 +324,8 @@ def write(out: Path, st, base_rec, data_rec, chosen, val_scores, test, ablations
                 cell(paired_at(res, test["erft"], m, k)) for m in TARGET_METRICS) + " |")  # fmt: skip
     if scaled:
         lines += scaled_section(out, test, scaled, st.clips)
+    if replicates:
+        lines += replicate_section(test, replicates, st.seed, st.clips)
     if spread:
         lines += spread_section(spread)
     lines += ["", "## Why: banks vs rollout errors", "", why.get("text", ""), ""]

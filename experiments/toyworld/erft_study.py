@@ -27,6 +27,9 @@ Phases (each resumable: rerunning skips finished units; every unit records its C
    ``--error-scales 3``: ERFT with its injected errors multiplied by each factor
    (``TrainConfig.error_scale``; 1 officially), same lr, tested the same way: does giving the
    banks' errors the size a long rollout really meets (see 6) help?
+   ``--lora-seeds 1``: ERFT and plain retrained with each other training seed (LoRA init, data
+   order, injection draws; same data, lrs and test seeds) and tested the same way: is the
+   ERFT − plain difference larger than the spread between training runs?
 8. report: ``RESULTS.md`` + plots in ``--out`` (tables with 95 % bootstrap intervals over
    scenes, paired differences, how far the rollouts still tell their scenes apart
    (``erft_rollout.scene_spread``), CPU time per phase).
@@ -80,6 +83,7 @@ class Study:
     probe_scenes: int = 4
     ablations: str = "auto"
     error_scales: tuple[float, ...] = ()
+    lora_seeds: tuple[int, ...] = ()
 
     @classmethod
     def reduced(cls, seed: int) -> Study:
@@ -203,7 +207,7 @@ def lora_config(work: Path, st: Study, name: str, lr: float, erft: bool, **extra
         max_steps=st.lora_steps,
         precision="fp32",
         gradient_checkpointing=False,
-        seed=st.seed,
+        seed=extra.pop("seed", st.seed),
         erft_enabled=erft,
         bank_capacity=st.bank_capacity,
         checkpoint_every=max(st.lora_steps // 2, 1),
@@ -337,7 +341,7 @@ def select_lr(val: dict[str, list[dict]], st: Study) -> tuple[float, dict[str, f
 
 
 # settings that only add units: changing them keeps everything
-ADDITIVE = ("ablations", "error_scales")
+ADDITIVE = ("ablations", "error_scales", "lora_seeds")
 
 
 def supersede_base(work: Path, old: dict, cur: dict) -> None:
@@ -400,6 +404,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="also train and test ERFT with its injected errors scaled by each factor",
     )
+    p.add_argument(
+        "--lora-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="also retrain ERFT and plain with each of these training seeds and test them",
+    )
     p.add_argument("--scenes", type=int, default=None)
     p.add_argument(
         "--stop-after",
@@ -419,18 +430,21 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     st = Study.reduced(a.seed) if a.reduced else Study(seed=a.seed)
     scales = None if a.error_scales is None else tuple(a.error_scales)
+    seeds = None if a.lora_seeds is None else tuple(a.lora_seeds)
     over = {k: v for k, v in (("ablations", a.ablations), ("scenes", a.scenes),
                               ("clips", a.clips), ("base_steps", a.base_steps),
-                              ("error_scales", scales)) if v is not None}  # fmt: skip
+                              ("error_scales", scales), ("lora_seeds", seeds))
+            if v is not None}  # fmt: skip
     if over:
         st = Study(**{**asdict(st), **over})
     work = a.work
     work.mkdir(parents=True, exist_ok=True)
     saved = work / "study.json"
     cur = {**asdict(st), "lrs": list(st.lrs), "error_scales": list(st.error_scales),
-           "skip_pretrain": a.skip_pretrain}  # fmt: skip
+           "lora_seeds": list(st.lora_seeds), "skip_pretrain": a.skip_pretrain}  # fmt: skip
     old = json.loads(saved.read_text()) if saved.is_file() else cur
-    old.setdefault("error_scales", [])  # folders from before the setting existed
+    for key in ("error_scales", "lora_seeds"):  # folders from before these settings existed
+        old.setdefault(key, [])
     if old != cur:
         supersede_base(work, old, cur)
     saved.write_text(json.dumps(cur, indent=1))
@@ -501,6 +515,14 @@ def main(argv: list[str] | None = None) -> int:
         scaled_folder[f"ERFT, errors x{scale:g}"] = name
         scaled[f"ERFT, errors x{scale:g}"] = rollouts(work, "test", name, base, lp, test_scenes,
                                                       st.clips, st, a.jobs)  # fmt: skip
+    replicates: dict[int, dict[str, list[dict]]] = {}
+    for seed in st.lora_seeds:
+        replicates[seed] = {}
+        for arm, erft in (("erft", True), ("plain", False)):
+            name = f"{arm}_seed{seed}_lr{chosen[arm]:g}"
+            lp = train_lora(work, st, base, name, chosen[arm], erft, seed=seed)
+            replicates[seed][arm] = rollouts(work, "test", name, base, lp, test_scenes, st.clips,
+                                             st, a.jobs)  # fmt: skip
     bank_file = (work / "loras" / lora_name("erft", chosen["erft"]) / "checkpoints"
                  / f"step_{st.lora_steps:07d}" / "banks.rank0.safetensors")  # fmt: skip
     why = erft_why.analyse(work, bank_file, test, st, out)
@@ -509,11 +531,13 @@ def main(argv: list[str] | None = None) -> int:
     spread = {label: erft_rollout.scene_spread(
         [work / "rollouts" / "test" / folder / f"scene{s}" for s in test_scenes],
         list(test_scenes), erft_report.checkpoints(st.clips))
-        for label, folder in {**{a: a for a in ARMS}, **scaled_folder}.items()}  # fmt: skip
+        for label, folder in {**{a: a for a in ARMS}, **scaled_folder, **{
+            f"{arm} seed {seed}": f"{arm}_seed{seed}_lr{chosen[arm]:g}"
+            for seed in st.lora_seeds for arm in ("erft", "plain")}}.items()}  # fmt: skip
     ledger = erft_report.ledger(work, st, base_rec, data_rec, loras, val, test, ablation_res,
-                                scaled)  # fmt: skip
+                                scaled, replicates)  # fmt: skip
     erft_report.write(out, st, base_rec, data_rec, chosen, val_scores, test, ablation_res,
-                      verdict, why, ledger, scaled, spread)  # fmt: skip
+                      verdict, why, ledger, scaled, spread, replicates)  # fmt: skip
     log(f"results in {out}")
     return 0
 
