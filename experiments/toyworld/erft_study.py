@@ -500,27 +500,29 @@ def main(argv: list[str] | None = None) -> int:
 
     verdict = erft_report.targets(test, st.clips)
     ablation_res: dict[str, list[dict]] = {}
+    folders = {arm: arm for arm in ARMS}  # label of each test run -> its rollouts/test folder
     if st.ablations == "yes" or (st.ablations == "auto" and verdict["met"]):
         lr = chosen["erft"]
         for inj in ("noise", "latent", "condition"):
             name = f"erft_no_{inj}_lr{lr:g}"
             lp = train_lora(work, st, base, name, lr, True, **{f"{inj}_prob": 0.0})
+            folders[f"ERFT without {inj}"] = name
             ablation_res[f"ERFT without {inj}"] = rollouts(work, "test", name, base, lp,
                                                            test_scenes, st.clips, st, a.jobs)  # fmt: skip
     scaled: dict[str, list[dict]] = {}
-    scaled_folder: dict[str, str] = {}
     for scale in st.error_scales:
         name = f"erft_scale{scale:g}_lr{chosen['erft']:g}"
         lp = train_lora(work, st, base, name, chosen["erft"], True, error_scale=scale)
-        scaled_folder[f"ERFT, errors x{scale:g}"] = name
-        scaled[f"ERFT, errors x{scale:g}"] = rollouts(work, "test", name, base, lp, test_scenes,
-                                                      st.clips, st, a.jobs)  # fmt: skip
+        label = f"ERFT, errors x{scale:g}"
+        folders[label] = name
+        scaled[label] = rollouts(work, "test", name, base, lp, test_scenes, st.clips, st, a.jobs)
     replicates: dict[int, dict[str, list[dict]]] = {}
     for seed in st.lora_seeds:
         replicates[seed] = {}
         for arm, erft in (("erft", True), ("plain", False)):
             name = f"{arm}_seed{seed}_lr{chosen[arm]:g}"
             lp = train_lora(work, st, base, name, chosen[arm], erft, seed=seed)
+            folders[f"{arm} seed {seed}"] = name
             replicates[seed][arm] = rollouts(work, "test", name, base, lp, test_scenes, st.clips,
                                              st, a.jobs)  # fmt: skip
     bank_file = (work / "loras" / lora_name("erft", chosen["erft"]) / "checkpoints"
@@ -531,9 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     spread = {label: erft_rollout.scene_spread(
         [work / "rollouts" / "test" / folder / f"scene{s}" for s in test_scenes],
         list(test_scenes), erft_report.checkpoints(st.clips))
-        for label, folder in {**{a: a for a in ARMS}, **scaled_folder, **{
-            f"{arm} seed {seed}": f"{arm}_seed{seed}_lr{chosen[arm]:g}"
-            for seed in st.lora_seeds for arm in ("erft", "plain")}}.items()}  # fmt: skip
+        for label, folder in folders.items()}  # fmt: skip
     ledger = erft_report.ledger(work, st, base_rec, data_rec, loras, val, test, ablation_res,
                                 scaled, replicates)  # fmt: skip
     erft_report.write(out, st, base_rec, data_rec, chosen, val_scores, test, ablation_res,
