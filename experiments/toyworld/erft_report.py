@@ -199,14 +199,15 @@ def replicate_section(test: dict, replicates: dict, seed: int, clips: int) -> li
 def spread_section(spread: dict[str, dict]) -> list[str]:
     """Report lines for :func:`erft_rollout.scene_spread` per arm: the true frames' spread
     between scenes first, then each arm's (same clips)."""
-    ks = list(next(iter(spread.values()))["truth"])
+    truth = next(iter(spread.values()))["truth"]  # the same true frames for every arm
+    ks = list(truth)
     lines = ["", "## Do the rollouts still tell their scenes apart?", "",
              "Mean pixel RMSE between the scenes' last frames of a clip (pixels in [0, 1]); "
              "near 0: every scene has become the same image.", "",
              "| frames | " + " | ".join(f"clip {k}" for k in ks) + " |",
              "|---|" + "---|" * len(ks),
              "| true continuation | " + " | ".join(
-                 fmt(next(iter(spread.values()))["truth"][k]) for k in ks) + " |"]  # fmt: skip
+                 fmt(truth[k]) for k in ks) + " |"]  # fmt: skip
     for arm, sp in spread.items():
         lines.append(f"| {arm} | " + " | ".join(fmt(sp["model"][k]) for k in ks) + " |")
     return lines
@@ -221,24 +222,26 @@ def ledger(work: Path, st, base_rec: dict, data_rec: dict, loras: dict, val: dic
         p = work / "loras" / name / "cpu.json"
         return json.loads(p.read_text())["cpu_s"] if p.is_file() else 0.0
 
-    abl_names = [p.name for p in (work / "loras").glob("erft_no_*")]
+    def rollout_cpu(runs) -> float:  # runs: per-scene result lists
+        return sum(r["cpu_s"] for rs in runs for r in rs)
+
+    def variant_cpu(pattern: str, runs) -> float:  # its LoRAs (by folder name) + rollouts
+        return sum(lora_cpu(p.name) for p in (work / "loras").glob(pattern)) + rollout_cpu(runs)
+
     phases = {
         "base (encode + continue, or evaluate the shipped one)": float(base_rec.get("cpu_s", 0.0)),
         "training data (render, lossless videos, encode, cache)": float(data_rec["cpu_s"]),
         "LoRA training (all learning rates, both arms)": sum(lora_cpu(n) for n in loras),
-        "validation rollouts (lr choice)": sum(r["cpu_s"] for rs in val.values() for r in rs),
-        "test rollouts (3 arms)": sum(r["cpu_s"] for rs in test.values() for r in rs),
-        "ablations (training + rollouts)": sum(lora_cpu(n) for n in abl_names)
-        + sum(r["cpu_s"] for rs in ablations.values() for r in rs),
+        "validation rollouts (lr choice)": rollout_cpu(val.values()),
+        "test rollouts (3 arms)": rollout_cpu(test.values()),
+        "ablations (training + rollouts)": variant_cpu("erft_no_*", ablations.values()),
     }
     if scaled:
-        phases["ERFT with scaled errors (training + rollouts)"] = sum(
-            lora_cpu(p.name) for p in (work / "loras").glob("erft_scale*")
-        ) + sum(r["cpu_s"] for rs in scaled.values() for r in rs)
+        phases["ERFT with scaled errors (training + rollouts)"] = variant_cpu(
+            "erft_scale*", scaled.values())  # fmt: skip
     if replicates:
-        phases["other training seeds (training + rollouts)"] = sum(
-            lora_cpu(p.name) for p in (work / "loras").glob("*_seed*")
-        ) + sum(r["cpu_s"] for arms in replicates.values() for rs in arms.values() for r in rs)
+        phases["other training seeds (training + rollouts)"] = variant_cpu(
+            "*_seed*", [rs for arms in replicates.values() for rs in arms.values()])  # fmt: skip
     why = work / "why_cpu.json"
     if why.is_file():
         phases["error analysis (banks vs rollouts)"] = json.loads(why.read_text())["cpu_s"]

@@ -429,22 +429,19 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     st = Study.reduced(a.seed) if a.reduced else Study(seed=a.seed)
-    scales = None if a.error_scales is None else tuple(a.error_scales)
-    seeds = None if a.lora_seeds is None else tuple(a.lora_seeds)
-    over = {k: v for k, v in (("ablations", a.ablations), ("scenes", a.scenes),
-                              ("clips", a.clips), ("base_steps", a.base_steps),
-                              ("error_scales", scales), ("lora_seeds", seeds))
-            if v is not None}  # fmt: skip
+    over = {k: tuple(v) if isinstance(v, list) else v
+            for k, v in (("ablations", a.ablations), ("scenes", a.scenes), ("clips", a.clips),
+                         ("base_steps", a.base_steps), ("error_scales", a.error_scales),
+                         ("lora_seeds", a.lora_seeds)) if v is not None}  # fmt: skip
     if over:
         st = Study(**{**asdict(st), **over})
     work = a.work
     work.mkdir(parents=True, exist_ok=True)
     saved = work / "study.json"
-    cur = {**asdict(st), "lrs": list(st.lrs), "error_scales": list(st.error_scales),
-           "lora_seeds": list(st.lora_seeds), "skip_pretrain": a.skip_pretrain}  # fmt: skip
+    # as study.json holds it (tuples become lists); a setting missing from an older study.json
+    # reads as changed, which supersede_base accepts for ADDITIVE ones
+    cur = json.loads(json.dumps({**asdict(st), "skip_pretrain": a.skip_pretrain}))
     old = json.loads(saved.read_text()) if saved.is_file() else cur
-    for key in ("error_scales", "lora_seeds"):  # folders from before these settings existed
-        old.setdefault(key, [])
     if old != cur:
         supersede_base(work, old, cur)
     saved.write_text(json.dumps(cur, indent=1))
